@@ -1,0 +1,123 @@
+"""bidder.py: the bidder routes (POST /v1/bid, /v1/bids, /v1/events) as plain functions of the body bytes.
+
+The hot path: one typed msgspec decode, an in-memory engine call, one encode. No FastAPI, no pydantic, no I/O
+for bids. Events await the store's group commit, because a 200 on an event means it is durable.
+Bidder requests ignore unknown fields (exchanges add fields over time); events must all be valid or none count.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgspec
+
+from pacer.api.errors import ApiError, from_msgspec
+from pacer.engine import Engine
+from pacer.store import Store, StoreError, WinRecord
+
+MAX_MICROS = 10**12  # $1M per impression: far above any real price, far below int64 overflow in sums
+Id = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+Micros = Annotated[int, msgspec.Meta(ge=1, le=MAX_MICROS)]
+
+
+class BidRequest(msgspec.Struct):
+    bidder_id: Id
+    auction_id: Id
+    bid_micros: Micros
+
+
+class BidsRequest(msgspec.Struct):
+    requests: Annotated[list[BidRequest], msgspec.Meta(min_length=1, max_length=1000)]
+
+
+class Decision(msgspec.Struct, omit_defaults=True):
+    auction_id: str
+    bid: bool
+    bid_micros: int | None = None
+    reason: Literal["paced", "exhausted", "paused", "not_active", "unknown_bidder", "no_budget"] | None = None
+
+
+class Decisions(msgspec.Struct):
+    decisions: list[Decision]
+
+
+class Win(msgspec.Struct, tag="win"):
+    bidder_id: Id
+    auction_id: Id
+    price_micros: Micros
+
+
+class Loss(msgspec.Struct, tag="loss"):
+    bidder_id: Id
+    auction_id: Id
+
+
+class EventsRequest(msgspec.Struct):
+    events: Annotated[list[Win | Loss], msgspec.Meta(min_length=1, max_length=1000)]
+
+
+class EventsResponse(msgspec.Struct):
+    accepted: int
+    duplicates: int
+
+
+_bid = msgspec.json.Decoder(BidRequest)
+_bids = msgspec.json.Decoder(BidsRequest)
+_events = msgspec.json.Decoder(EventsRequest)
+_encode = msgspec.json.Encoder().encode
+
+
+def _decide(engine: Engine, r: BidRequest) -> Decision:
+    granted, reason = engine.decide(r.bidder_id, r.auction_id, r.bid_micros)
+    if granted:
+        return Decision(r.auction_id, True, bid_micros=granted)
+    return Decision(r.auction_id, False, reason=reason)  # type: ignore[arg-type]
+
+
+def bid(engine: Engine, body: bytes) -> bytes:
+    try:
+        request = _bid.decode(body)
+    except msgspec.DecodeError as exc:
+        raise from_msgspec(exc) from None
+    return _encode(_decide(engine, request))
+
+
+def bids(engine: Engine, body: bytes) -> bytes:
+    try:
+        batch = _bids.decode(body)
+    except msgspec.DecodeError as exc:
+        raise from_msgspec(exc) from None
+    return _encode(Decisions([_decide(engine, r) for r in batch.requests]))
+
+
+async def events(engine: Engine, store: Store, body: bytes) -> bytes:
+    """Validate the whole batch, make its wins durable (dedupe in the store), then settle them in memory."""
+    try:
+        batch = _events.decode(body)
+    except msgspec.DecodeError as exc:
+        raise from_msgspec(exc) from None
+    now = engine.clock()
+    wins = [e for e in batch.events if isinstance(e, Win)]
+    records = [WinRecord(w.bidder_id, w.auction_id, w.price_micros, engine.period_key(w.bidder_id), now) for w in wins]
+    try:
+        new = await store.record_wins(records) if records else []
+    except StoreError as exc:
+        raise ApiError(503, "store_unavailable", f"events not recorded, retry: {exc}") from None
+    duplicates = 0
+    for w, is_new in zip(wins, new, strict=True):
+        if is_new:
+            engine.win(w.bidder_id, w.auction_id, w.price_micros)
+        else:
+            engine.duplicate(w.bidder_id, w.auction_id)
+            duplicates += 1
+    for e in batch.events:
+        if isinstance(e, Loss):
+            engine.loss(e.bidder_id, e.auction_id)
+    return _encode(EventsResponse(len(batch.events) - duplicates, duplicates))
+
+
+def schemas() -> tuple[dict[str, object], dict[str, object]]:
+    """OpenAPI components for the bidder routes, generated from the very structs that decode them."""
+    types = (BidRequest, Decision, BidsRequest, Decisions, EventsRequest, EventsResponse)
+    refs, components = msgspec.json.schema_components(types, ref_template="#/components/schemas/{name}")
+    return dict(zip((t.__name__ for t in types), refs, strict=True)), components

@@ -1,0 +1,380 @@
+"""engine.py: per-bidder decisions and settlement, and the tick that re-plans every bidder.
+
+No I/O: everything here runs on the bid hot path or in the tick. Time comes from an injected clock so the
+service (wall clock) and replay (virtual clock) run the same code. Durability and win dedupe belong to the
+store: `win()` is called only for wins the store has durably recorded as new.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from pacer.clock import Clock
+from pacer.controller import Controller, ControlParams, TickInputs
+from pacer.curves import ASAP, MODES, TrafficCurve, progress_one
+from pacer.ledger import Ledger
+from pacer.periods import Daily, Flight, Period, Window, utc_offset, window_at
+
+REASONS = ("paced", "exhausted", "paused", "not_active", "unknown_bidder", "no_budget")
+PACED, EXHAUSTED, PAUSED, NOT_ACTIVE, UNKNOWN_BIDDER, NO_BUDGET = REASONS
+
+
+@dataclass(frozen=True, slots=True)
+class BidderConfig:
+    """What the operator set for a bidder (the body of PUT /v1/bidders/{id}, plus `paused`)."""
+
+    budget_micros: int
+    period: Period
+    pacing: str = "even"
+    max_bid_micros: int | None = None
+    paused: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class EngineParams:
+    tick_s: float = 0.1
+    ttl_initial_s: float = 10.0  # reservation TTL before any win-notice delay has been observed
+    ttl_min_s: float = 1.0
+    ttl_max_s: float = 300.0
+    ttl_quantile: float = 0.99  # TTL = this quantile of observed win-notice delays...
+    ttl_factor: float = 1.5  # ...times this safety factor, within [ttl_min_s, ttl_max_s]
+    control: ControlParams = field(default_factory=ControlParams)
+
+
+class DelayTracker:
+    """Win-notice delays seen lately; the reservation TTL is a high quantile of them.
+
+    Exchanges that never send loss notices leave every lost bid reserved until it expires, so a fixed long TTL
+    would lock most of a small budget in dead reservations; a TTL that follows observed delays does not.
+    """
+
+    SIZE = 2048
+
+    def __init__(self, params: EngineParams) -> None:
+        self._params = params
+        self._delays = np.zeros(self.SIZE)
+        self._count = 0
+        self.ttl = params.ttl_initial_s
+
+    def observe(self, delay: float) -> None:
+        self._delays[self._count % self.SIZE] = max(delay, 0.0)
+        self._count += 1
+
+    @property
+    def mean(self) -> float:
+        """Mean recent win-notice delay (s): how long spend stays in flight after a grant."""
+        return float(self._delays[: min(self._count, self.SIZE)].mean()) if self._count else 0.0
+
+    def refresh(self) -> float:
+        p = self._params
+        if self._count:
+            seen = self._delays[: min(self._count, self.SIZE)]
+            q = float(np.quantile(seen, p.ttl_quantile))
+            self.ttl = min(max(q * p.ttl_factor, p.ttl_min_s), p.ttl_max_s)
+        return self.ttl
+
+
+class Bidder:
+    """One bidder's live state. `throttle` and `multiplier` are copied from the controller every tick."""
+
+    __slots__ = (
+        "bidder_id",
+        "config",
+        "ends_at",
+        "granted",
+        "ledger",
+        "mode",
+        "multiplier",
+        "settled_reserved",
+        "settled_spent",
+        "slot",
+        "throttle",
+        "unmatched_spent",
+        "weights",
+        "window",
+    )
+
+    def __init__(self, bidder_id: str, config: BidderConfig, window: Window, slot: int, spent: int) -> None:
+        self.bidder_id = bidder_id
+        self.slot = slot
+        self.ledger = Ledger(config.budget_micros, spent)
+        self.throttle = 1.0
+        self.multiplier = 1.0
+        self.granted = 0  # tallies since the last tick, read and zeroed by the tick
+        self.settled_reserved = 0
+        self.settled_spent = 0
+        self.unmatched_spent = 0
+        self.config = config
+        self.mode = MODES[config.pacing]
+        self.window = window
+        self.ends_at = window.end if isinstance(config.period, Flight) else math.inf
+        self.weights = (0.0, 0.0)
+
+    @property
+    def timezone(self) -> str:
+        return self.config.period.timezone
+
+    def state(self, now: float) -> str:
+        if self.config.paused:
+            return "paused"
+        if now < self.window.start:
+            return "scheduled"
+        if now >= self.ends_at:
+            return "ended"
+        if self.ledger.spent >= self.ledger.budget:
+            return "exhausted"
+        return "active"
+
+
+class Engine:
+    """All bidders of this instance, in memory."""
+
+    def __init__(
+        self,
+        clock: Clock,
+        params: EngineParams | None = None,
+        curve: TrafficCurve | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.clock = clock
+        self.params = params or EngineParams()
+        self.curve = curve or TrafficCurve.flat()
+        self.controller = Controller(self.params.control)
+        self.delays = DelayTracker(self.params)
+        self._random = (rng or random.Random()).random
+        self.bidders: dict[str, Bidder] = {}
+        self._slots: list[Bidder | None] = []
+        self._free: list[int] = []
+        self._last_tick = clock()
+        # Counters for /metrics; plain ints so the hot path pays one dict/attr increment.
+        self.decisions: dict[str, int] = dict.fromkeys(("bid", *REASONS), 0)
+        self.wins = 0
+        self.late_wins = 0
+        self.losses = 0
+        self.duplicates = 0
+        self.expired_micros = 0
+
+    # --- configuration -------------------------------------------------------------------------------------
+
+    def configure(self, bidder_id: str, config: BidderConfig, spent: int = 0) -> Bidder:
+        """Create or replace a bidder. Replacing keeps its ledger (spend and open reservations) when the
+        period is unchanged; the controller re-plans the rest of the period from the new settings."""
+        now = self.clock()
+        window = window_at(config.period, now)
+        bidder = self.bidders.get(bidder_id)
+        if bidder is None:
+            slot = self._free.pop() if self._free else len(self._slots)
+            if slot == len(self._slots):
+                self._slots.append(None)
+            self.controller.ensure(len(self._slots))
+            self.controller.reset(slot)
+            bidder = Bidder(bidder_id, config, window, slot, spent)
+            self.bidders[bidder_id] = bidder
+            self._slots[slot] = bidder
+        else:
+            if window.key != bidder.window.key:
+                bidder.ledger.renew(config.budget_micros, spent)
+            bidder.ledger.budget = config.budget_micros
+            bidder.config = config
+            bidder.mode = MODES[config.pacing]
+            bidder.window = window
+            bidder.ends_at = window.end if isinstance(config.period, Flight) else math.inf
+        self._plan_window(bidder)
+        self._publish(bidder)
+        return bidder
+
+    def remove(self, bidder_id: str) -> bool:
+        bidder = self.bidders.pop(bidder_id, None)
+        if bidder is None:
+            return False
+        self._slots[bidder.slot] = None
+        self._free.append(bidder.slot)
+        return True
+
+    def period_key(self, bidder_id: str) -> str:
+        """The period a win for this bidder is charged to now ('unknown' for a bidder not configured)."""
+        bidder = self.bidders.get(bidder_id)
+        return bidder.window.key if bidder is not None else "unknown"
+
+    def _plan_window(self, bidder: Bidder) -> None:
+        w = bidder.window
+        tz = bidder.timezone
+        local = np.array([w.start + utc_offset(tz, w.start), w.end + utc_offset(tz, w.end)])
+        start_w, end_w = self.curve.weight(local)
+        bidder.weights = (float(start_w), float(end_w))
+
+    # --- the hot path ---------------------------------------------------------------------------------------
+
+    def decide(self, bidder_id: str, auction_id: str, bid_micros: int) -> tuple[int, str]:
+        """Bid or not, and at what price. Returns (granted micros, "") or (0, reason). O(1), no I/O."""
+        bidder = self.bidders.get(bidder_id)
+        if bidder is None:
+            return self._deny(UNKNOWN_BIDDER)
+        config = bidder.config
+        if config.paused:
+            return self._deny(PAUSED)
+        now = self.clock()
+        if now < bidder.window.start or now >= bidder.ends_at:
+            return self._deny(NOT_ACTIVE)
+        ledger = bidder.ledger
+        if ledger.spent >= ledger.budget:
+            return self._deny(EXHAUSTED)
+        throttle = bidder.throttle
+        if throttle < 1.0 and self._random() >= throttle:
+            return self._deny(PACED)
+        price = int(bid_micros * bidder.multiplier)
+        cap = config.max_bid_micros
+        if cap is not None and price > cap:
+            price = cap
+        if price < 1:
+            return self._deny(PACED)
+        available = ledger.available
+        if available <= 0:
+            return self._deny(NO_BUDGET)
+        # The last micros stay spendable: bid what is left rather than nothing.
+        if price > available:
+            price = available
+        ledger.reserve(auction_id, price, now)
+        bidder.granted += price
+        self.decisions["bid"] += 1
+        return price, ""
+
+    def _deny(self, reason: str) -> tuple[int, str]:
+        self.decisions[reason] += 1
+        return 0, reason
+
+    # --- settlement (after the store made wins durable) ------------------------------------------------------
+
+    def win(self, bidder_id: str, auction_id: str, price_micros: int) -> None:
+        """Charge a new win (the store has recorded it once). Unknown bidders' wins live only in the store."""
+        self.wins += 1
+        bidder = self.bidders.get(bidder_id)
+        if bidder is None:
+            return
+        capture = bidder.ledger.capture(auction_id, price_micros, self.clock())
+        if capture.delay is not None:
+            self.delays.observe(capture.delay)
+        if capture.matched:
+            bidder.settled_reserved += capture.reserved_micros
+            bidder.settled_spent += price_micros
+        else:
+            self.late_wins += 1
+            bidder.unmatched_spent += price_micros
+
+    def duplicate(self, bidder_id: str, auction_id: str) -> None:
+        """A win recorded before: nothing is charged, but its reservation (if any) is settled."""
+        self.duplicates += 1
+        self.loss(bidder_id, auction_id, count=False)
+
+    def loss(self, bidder_id: str, auction_id: str, count: bool = True) -> None:
+        if count:
+            self.losses += 1
+        bidder = self.bidders.get(bidder_id)
+        if bidder is not None:
+            bidder.settled_reserved += bidder.ledger.release(auction_id)
+
+    # --- the tick --------------------------------------------------------------------------------------------
+
+    def tick(self) -> None:
+        """Expire reservations, roll daily periods over and re-plan every bidder. Vectorised; no I/O."""
+        now = self.clock()
+        dt = now - self._last_tick
+        self._last_tick = now
+        ttl = self.delays.refresh()
+        n = len(self._slots)
+        if n == 0:
+            return
+        # One row per input, one column per slot; free slots stay zero and inactive.
+        cols = np.zeros((13, n))
+        active = np.zeros(n, dtype=np.bool_)
+        mode = np.zeros(n, dtype=np.int8)
+        offsets: dict[str, float] = {}
+        for b in self._live():
+            if now >= b.window.end and isinstance(b.config.period, Daily):
+                self._roll(b, now)
+            ledger = b.ledger
+            freed = ledger.expire(now, ttl, self.params.ttl_max_s)
+            if freed:
+                self.expired_micros += freed
+                b.settled_reserved += freed
+            tz = b.timezone
+            offset = offsets.get(tz)
+            if offset is None:
+                offset = offsets[tz] = utc_offset(tz, now)
+            s = b.slot
+            active[s] = b.state(now) == "active"
+            mode[s] = b.mode
+            cols[:, s] = (
+                ledger.budget, ledger.spent, ledger.reserved, ledger.holdback, b.window.start, b.window.end,
+                offset, b.weights[0], b.weights[1], b.granted, b.settled_reserved, b.settled_spent,
+                b.unmatched_spent,
+            )
+            b.granted = b.settled_reserved = b.settled_spent = b.unmatched_spent = 0
+        budget, spent, reserved, holdback, start, end, offset_s, w_start, w_end = cols[:9]
+        ahead = np.minimum(now + self.controller.horizon(start, end), end)
+        inputs = TickInputs(
+            active=active, mode=mode, budget=budget, spent=spent, reserved=reserved, holdback=holdback,
+            start=start, end=end, weight_now=self.curve.weight(now + offset_s),
+            weight_ahead=self.curve.weight(ahead + offset_s), weight_start=w_start, weight_end=w_end,
+            granted=cols[9], settled_reserved=cols[10], settled_spent=cols[11], unmatched_spent=cols[12],
+        )
+        self.controller.update(now, dt, inputs, self.delays.mean)
+        self._publish_all(n)
+
+    def _live(self) -> Iterator[Bidder]:
+        return (b for b in self._slots if b is not None)
+
+    def _roll(self, bidder: Bidder, now: float) -> None:
+        window = window_at(bidder.config.period, now)
+        if window.key != bidder.window.key:
+            bidder.ledger.renew(bidder.config.budget_micros, 0)
+        bidder.window = window
+        self._plan_window(bidder)
+
+    def _publish(self, bidder: Bidder) -> None:
+        ctl = self.controller
+        bidder.throttle = float(ctl.throttle[bidder.slot])
+        bidder.multiplier = float(ctl.multiplier[bidder.slot])
+
+    def _publish_all(self, n: int) -> None:
+        throttle = self.controller.throttle[:n].tolist()
+        multiplier = self.controller.multiplier[:n].tolist()
+        for b in self._live():
+            b.throttle = throttle[b.slot]
+            b.multiplier = multiplier[b.slot]
+
+    # --- status ----------------------------------------------------------------------------------------------
+
+    def status(self, bidder_id: str) -> dict[str, object] | None:
+        bidder = self.bidders.get(bidder_id)
+        if bidder is None:
+            return None
+        now = self.clock()
+        w = bidder.window
+        ledger = bidder.ledger
+        tz = bidder.timezone
+        weight_now = float(self.curve.weight(np.array([now + utc_offset(tz, now)]))[0])
+        if bidder.mode == ASAP:
+            fraction = 1.0
+        else:
+            fraction = progress_one(bidder.mode, now, w.start, w.end, (weight_now, *bidder.weights))
+        return {
+            "bidder_id": bidder_id,
+            "state": bidder.state(now),
+            "budget_micros": ledger.budget,
+            "spent_micros": ledger.spent,
+            "reserved_micros": ledger.reserved,
+            "remaining_micros": ledger.remaining,
+            "target_spent_micros": int(ledger.budget * fraction),
+            "period_start": w.start,
+            "period_end": w.end,
+            "pacing": bidder.config.pacing,
+            "max_bid_micros": bidder.config.max_bid_micros,
+            "throttle": bidder.throttle,
+            "multiplier": bidder.multiplier,
+        }

@@ -1,0 +1,142 @@
+"""ledger.py: one bidder's money in integer micros: reservations, capture, release, expiry.
+
+No I/O and no floats for money: everything here runs on the bid hot path. Durability and win dedupe are the
+store's job; the ledger is told only about wins the store said were new.
+
+Invariant (checked by property tests): spent + reserved + holdback <= budget, whatever the interleaving of
+reserve, capture, release and expire, except for money the ledger is told was spent without a reservation
+covering it (late wins, wins on auctions it never granted, a price above the reservation). That money is
+still charged (it was spent) and counted in `uncovered`, so the bound on it is visible.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(slots=True)
+class Capture:
+    """What a win did to the ledger: whether it matched an open reservation, and the win-notice delay when the
+    grant time is known (feeds the adaptive reservation TTL)."""
+
+    matched: bool
+    reserved_micros: int
+    delay: float | None
+
+
+class Ledger:
+    """Budget, spend and open reservations of one bidder in its current period."""
+
+    __slots__ = (
+        "_expired",
+        "_open",
+        "budget",
+        "holdback",
+        "holdback_until",
+        "reserved",
+        "spent",
+        "uncovered",
+    )
+
+    def __init__(self, budget: int, spent: int = 0) -> None:
+        self.budget = budget
+        self.spent = spent
+        self.reserved = 0
+        # Money held back after a restart: reservations granted before a crash are unknown, so the last
+        # snapshot of their total is held until they must have expired (see Store.save_reserved).
+        self.holdback = 0
+        self.holdback_until = 0.0
+        self.uncovered = 0
+        # auction_id -> (micros, granted_at), in grant order: the clock never goes back, so expiry pops
+        # from the front.
+        self._open: dict[str, tuple[int, float]] = {}
+        # Recently expired grants, auction_id -> granted_at: a late win still tells its true delay.
+        self._expired: dict[str, float] = {}
+
+    @property
+    def available(self) -> int:
+        """Micros that can still be reserved now."""
+        return self.budget - self.spent - self.reserved - self.holdback
+
+    @property
+    def remaining(self) -> int:
+        """Micros not yet spent (reservations included)."""
+        return max(0, self.budget - self.spent)
+
+    @property
+    def open_count(self) -> int:
+        return len(self._open)
+
+    def reserve(self, auction_id: str, micros: int, now: float) -> bool:
+        """Hold `micros` for a granted bid. A repeated request for the same auction replaces its hold."""
+        previous = self._open.pop(auction_id, None)
+        if previous is not None:
+            self.reserved -= previous[0]
+        if micros <= 0 or micros > self.available:
+            if previous is not None:
+                self._open[auction_id] = previous
+                self.reserved += previous[0]
+            return False
+        self._open[auction_id] = (micros, now)
+        self.reserved += micros
+        return True
+
+    def capture(self, auction_id: str, price_micros: int, now: float) -> Capture:
+        """Charge a new win: frees its reservation (if still open) and adds the price to spend."""
+        held = self._open.pop(auction_id, None)
+        self.spent += price_micros
+        if held is not None:
+            micros, granted_at = held
+            self.reserved -= micros
+            self.uncovered += max(0, price_micros - micros)
+            return Capture(True, micros, now - granted_at)
+        granted_at_or_none = self._expired.pop(auction_id, None)
+        # Unmatched money first uses up the post-restart holdback, which exists to cover exactly this.
+        covered = min(self.holdback, price_micros)
+        self.holdback -= covered
+        self.uncovered += price_micros - covered
+        delay = None if granted_at_or_none is None else now - granted_at_or_none
+        return Capture(False, 0, delay)
+
+    def release(self, auction_id: str) -> int:
+        """A loss (or a duplicate win): free the reservation. Returns the micros freed (0 if none was open)."""
+        held = self._open.pop(auction_id, None)
+        if held is None:
+            self._expired.pop(auction_id, None)
+            return 0
+        self.reserved -= held[0]
+        return held[0]
+
+    def expire(self, now: float, ttl: float, forget_after: float) -> int:
+        """Free reservations older than `ttl`; forget expired grants older than `forget_after`.
+        Returns the micros freed."""
+        freed = 0
+        cutoff = now - ttl
+        while self._open:
+            auction_id, (micros, granted_at) = next(iter(self._open.items()))
+            if granted_at > cutoff:
+                break
+            del self._open[auction_id]
+            freed += micros
+            self._expired[auction_id] = granted_at
+        self.reserved -= freed
+        forget_cutoff = now - forget_after
+        while self._expired:
+            auction_id, granted_at = next(iter(self._expired.items()))
+            if granted_at > forget_cutoff:
+                break
+            del self._expired[auction_id]
+        if self.holdback and now >= self.holdback_until:
+            self.holdback = 0
+        return freed
+
+    def hold_back(self, micros: int, until: float) -> None:
+        """Hold `micros` unavailable until `until` (after a restart; see the class docstring)."""
+        self.holdback = max(0, min(micros, self.budget - self.spent - self.reserved))
+        self.holdback_until = until
+
+    def renew(self, budget: int, spent: int) -> None:
+        """Start a new period. Open reservations carry over: their wins are spent in the new period."""
+        self.budget = budget
+        self.spent = spent
+        self.uncovered = 0

@@ -1,0 +1,82 @@
+"""The Store contract: what every backend promises. No backend code here.
+
+Promises, checked by one contract test suite run against every backend:
+- Durability: when an awaited write returns, it survives a crash (kill -9) of this process.
+- Idempotent wins: `record_wins` counts a (bidder_id, auction_id) once, across calls, concurrent calls and
+  restarts (within the dedupe window); it says which of the wins it was given were new.
+- Atomicity: a win's dedupe key and its addition to (bidder_id, period_key) spend commit together or not
+  at all.
+- Writes from concurrent callers are batched (group commit): many awaiting callers, one transaction.
+The hot path never calls a Store: the engine calls it from the event/sync paths only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+
+class StoreError(Exception):
+    """The store could not do what was asked (unreachable, disk full, corrupt). Callers fail closed."""
+
+
+@dataclass(frozen=True, slots=True)
+class BidderRecord:
+    """A bidder's configuration as the operator set it; `config` is the JSON body of PUT /v1/bidders/{id}
+    plus `paused`. `version` grows by one on every change (instances compare it to pick up changes)."""
+
+    bidder_id: str
+    config: dict[str, object]
+    version: int
+    updated_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class WinRecord:
+    """One acknowledged win: the money the exchange charged, attributed to the period it was spent in."""
+
+    bidder_id: str
+    auction_id: str
+    price_micros: int
+    period_key: str
+    ts: float
+
+
+class Store(Protocol):
+    async def open(self) -> None:
+        """Connect / create the schema. Raises StoreError if the store cannot be used."""
+
+    async def close(self) -> None:
+        """Flush pending writes and release resources."""
+
+    async def ping(self) -> bool:
+        """True if the store answers now (readiness)."""
+
+    async def load_bidders(self) -> list[BidderRecord]:
+        """Every bidder currently configured (deleted ones excluded)."""
+
+    async def put_bidder(self, record: BidderRecord) -> None:
+        """Durably create or replace a bidder's configuration."""
+
+    async def delete_bidder(self, bidder_id: str) -> None:
+        """Durably remove a bidder's configuration. Its recorded spend is kept: money spent stays spent."""
+
+    async def record_wins(self, wins: list[WinRecord]) -> list[bool]:
+        """Durably record wins; element i is True if wins[i] was new, False if its (bidder_id, auction_id)
+        was recorded before (or earlier in the same list). Spend of new wins is added to
+        (bidder_id, period_key) in the same transaction."""
+
+    async def load_spend(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], int]:
+        """Recorded spend in micros for each (bidder_id, period_key); 0 where none."""
+
+    async def save_reserved(self, reserved: dict[str, tuple[int, float]]) -> None:
+        """Snapshot of each bidder's open reservations: (micros, epoch s until which they may still be won),
+        replacing the previous one; written every sync. After a crash the engine holds that much back until
+        then, so wins on auctions granted before the crash cannot overspend (bound: what was granted since the
+        last snapshot)."""
+
+    async def load_reserved(self) -> dict[str, tuple[int, float]]:
+        """The last snapshot written by save_reserved."""
+
+    async def prune(self, before_ts: float) -> int:
+        """Forget dedupe keys of wins older than before_ts (spend totals are kept). Returns rows removed."""
