@@ -132,7 +132,7 @@ class Controller:
                            x.weight_ahead, x.weight_start, x.weight_end)
         curve_rate = x.budget * np.maximum(f_ahead - f_now, 0.0) / ahead
         # A floor of a small share of the even rate keeps log() finite and lets a stalled bidder recover.
-        floor = 1e-3 * x.budget / length
+        floor = np.maximum(1e-3 * x.budget / length, 1e-9)
         tau = np.clip(p.rate_tau_frac * length, p.rate_tau_min, p.rate_tau_max)
         alpha = 1.0 - np.exp(-dt / tau)
         spend_signal = (x.granted * conv + x.unmatched_spent) / dt

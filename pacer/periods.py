@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
@@ -87,7 +88,9 @@ def window_at(period: Period, now: float) -> Window:
     """The budget window that `now` falls in (for a flight: the flight, whatever `now` is)."""
     if isinstance(period, Flight):
         return Window(period.start, period.end, f"flight:{int(period.start)}")
-    day = _local_date(_zone(period.timezone), now)
+    # Floor first: fromtimestamp rounds to the microsecond, which would push 23:59:59.9999999 into tomorrow;
+    # day boundaries are whole seconds, so the floor has the same local date as `now`.
+    day = _local_date(_zone(period.timezone), math.floor(now))
     start, end = _day_start(period.timezone, day), _day_start(period.timezone, day + timedelta(days=1))
     if now >= end:
         # Clocks went back across midnight just after it (e.g. 00:01 -> 23:01, Canada until 2010), so the

@@ -1,0 +1,206 @@
+"""operator.py: the operator API (/v1/bidders...): budgets, periods, pacing mode, pause/resume, status.
+
+Every route needs `Authorization: Bearer <PACER_OPERATOR_TOKEN>` (constant-time compare). Bodies reject
+unknown fields: a typo like `budjet_micros` must fail loudly, not be ignored. Not on the hot path.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+from dataclasses import replace
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ConfigDict, Field
+
+from pacer.api.bidder import MAX_MICROS
+from pacer.api.errors import ApiError
+from pacer.engine import BidderConfig, Engine
+from pacer.periods import PeriodError, parse_period, period_to_json, rfc3339
+from pacer.service import Service
+
+MAX_BUDGET = 10**15  # $1B in micros: beyond any real budget, far from int64 overflow
+Pacing = Literal["asap", "even", "frontload", "traffic"]
+
+
+class FlightIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    type: Literal["flight"]
+    start: str = Field(description="RFC 3339 with offset, e.g. 2026-11-24T00:00:00Z")
+    end: str = Field(description="RFC 3339 with offset; after start")
+    timezone: str = Field("UTC", description="IANA zone whose local day shapes `traffic` pacing")
+
+
+class DailyIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    type: Literal["daily"]
+    timezone: str = Field(description="IANA zone; the budget renews at each local midnight (DST-correct)")
+
+
+PeriodIn = Annotated[FlightIn | DailyIn, Field(discriminator="type")]
+BudgetMicros = Annotated[int, Field(gt=0, le=MAX_BUDGET)]
+BidCap = Annotated[int, Field(gt=0, le=MAX_MICROS)]
+
+
+class BidderIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    budget_micros: BudgetMicros
+    period: PeriodIn
+    pacing: Pacing = "even"
+    max_bid_micros: BidCap | None = None
+
+
+class BidderPatch(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    budget_micros: BudgetMicros | None = None
+    period: PeriodIn | None = None
+    pacing: Pacing | None = None
+    max_bid_micros: BidCap | None = Field(None, description="null removes the cap")
+
+
+class BidderStatus(BaseModel):
+    bidder_id: str
+    state: Literal["scheduled", "active", "paused", "exhausted", "ended"]
+    budget_micros: int
+    spent_micros: int
+    reserved_micros: int
+    remaining_micros: int
+    target_spent_micros: int = Field(description="where the pacing curve says spend should be now")
+    period: dict[str, str]
+    period_start: str
+    period_end: str
+    pacing: Pacing
+    max_bid_micros: int | None
+    throttle: float = Field(ge=0, le=1, description="probability of taking part in an auction")
+    multiplier: float = Field(ge=0, le=1, description="share of the requested bid that is granted")
+
+
+class BidderList(BaseModel):
+    bidders: list[BidderStatus]
+    next: str | None = Field(description="cursor for the next page; null on the last")
+
+
+_bearer = HTTPBearer(auto_error=False, description="PACER_OPERATOR_TOKEN")
+
+
+def _service(request: Request) -> Service:
+    service: Service = request.app.state.service
+    return service
+
+
+def _authorize(
+    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> None:
+    expected: str = request.app.state.operator_token
+    given = credentials.credentials if credentials is not None else ""
+    if not hmac.compare_digest(given.encode(), expected.encode()):
+        raise ApiError(401, "unauthorized", "missing or wrong operator bearer token")
+
+
+router = APIRouter(prefix="/v1/bidders", tags=["operator"], dependencies=[Depends(_authorize)])
+ServiceDep = Annotated[Service, Depends(_service)]
+BidderId = Annotated[str, Field(min_length=1, max_length=256)]
+
+
+def _status(engine: Engine, bidder_id: str) -> BidderStatus:
+    raw = engine.status(bidder_id)
+    if raw is None:
+        raise ApiError(404, "not_found", f"no bidder {bidder_id!r}", "bidder_id")
+    raw["period"] = period_to_json(engine.bidders[bidder_id].config.period)
+    raw["period_start"] = rfc3339(float(raw["period_start"]))  # type: ignore[arg-type]
+    raw["period_end"] = rfc3339(float(raw["period_end"]))  # type: ignore[arg-type]
+    return BidderStatus.model_validate(raw)
+
+
+def _period(body: FlightIn | DailyIn) -> object:
+    try:
+        return parse_period(body.model_dump())
+    except PeriodError as exc:
+        raise ApiError(422, "validation_error", exc.message, exc.field) from None
+
+
+def _existing(service: Service, bidder_id: str) -> BidderConfig:
+    bidder = service.engine.bidders.get(bidder_id)
+    if bidder is None:
+        raise ApiError(404, "not_found", f"no bidder {bidder_id!r}", "bidder_id")
+    return bidder.config
+
+
+@router.put("/{bidder_id}", response_model=BidderStatus, responses={201: {"model": BidderStatus}})
+async def put_bidder(bidder_id: BidderId, body: BidderIn, service: ServiceDep, response: Response) -> BidderStatus:
+    """Create (201) or replace (200) a bidder. Spend already recorded in the same period is kept."""
+    old = service.engine.bidders.get(bidder_id)
+    config = BidderConfig(
+        budget_micros=body.budget_micros,
+        period=_period(body.period),  # type: ignore[arg-type]
+        pacing=body.pacing,
+        max_bid_micros=body.max_bid_micros,
+        paused=old.config.paused if old is not None else False,
+    )
+    created = await service.put(bidder_id, config)
+    response.status_code = 201 if created else 200
+    return _status(service.engine, bidder_id)
+
+
+@router.patch("/{bidder_id}", response_model=BidderStatus)
+async def patch_bidder(bidder_id: BidderId, body: BidderPatch, service: ServiceDep) -> BidderStatus:
+    """Change any of the fields; a budget raised or lowered mid-period re-plans the rest of it."""
+    config = _existing(service, bidder_id)
+    given = body.model_fields_set
+    for name in ("budget_micros", "pacing", "period"):
+        if name in given and getattr(body, name) is None:
+            raise ApiError(422, "validation_error", "may not be null", name)
+    changes: dict[str, object] = {name: getattr(body, name) for name in given if name != "period"}
+    if body.period is not None:
+        changes["period"] = _period(body.period)
+    await service.put(bidder_id, replace(config, **changes))  # type: ignore[arg-type]
+    return _status(service.engine, bidder_id)
+
+
+@router.get("/{bidder_id}", response_model=BidderStatus)
+async def get_bidder(bidder_id: BidderId, service: ServiceDep) -> BidderStatus:
+    return _status(service.engine, bidder_id)
+
+
+@router.get("", response_model=BidderList)
+async def list_bidders(
+    service: ServiceDep,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    cursor: Annotated[str | None, Query(max_length=400)] = None,
+) -> BidderList:
+    """Bidders in id order, a page at a time; pass `next` back as `cursor`."""
+    after = ""
+    if cursor:
+        try:
+            after = base64.urlsafe_b64decode(cursor.encode()).decode()
+        except (binascii.Error, UnicodeDecodeError, ValueError):
+            raise ApiError(422, "validation_error", "not a cursor returned by this API", "cursor") from None
+    ids = sorted(i for i in service.engine.bidders if i > after)
+    page = ids[:limit]
+    more = len(ids) > limit
+    token = base64.urlsafe_b64encode(page[-1].encode()).decode() if more else None
+    return BidderList(bidders=[_status(service.engine, i) for i in page], next=token)
+
+
+@router.post("/{bidder_id}/pause", response_model=BidderStatus)
+async def pause_bidder(bidder_id: BidderId, service: ServiceDep) -> BidderStatus:
+    """Stop granting bids at once; reservations already granted still settle."""
+    await service.put(bidder_id, replace(_existing(service, bidder_id), paused=True))
+    return _status(service.engine, bidder_id)
+
+
+@router.post("/{bidder_id}/resume", response_model=BidderStatus)
+async def resume_bidder(bidder_id: BidderId, service: ServiceDep) -> BidderStatus:
+    await service.put(bidder_id, replace(_existing(service, bidder_id), paused=False))
+    return _status(service.engine, bidder_id)
+
+
+@router.delete("/{bidder_id}", status_code=204, response_class=Response)
+async def delete_bidder(bidder_id: BidderId, service: ServiceDep) -> Response:
+    """Remove the bidder. Its recorded spend stays: re-creating it in the same period continues from it."""
+    _existing(service, bidder_id)
+    await service.delete(bidder_id)
+    return Response(status_code=204)

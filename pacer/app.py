@@ -1,0 +1,253 @@
+"""app.py: the ASGI application: a small dispatcher in front of FastAPI.
+
+POST /v1/bid, /v1/bids and /v1/events go straight to raw msgspec handlers (FastAPI's endpoint layer would cost
+~3x the whole request); everything else (operator API, health, metrics, OpenAPI) is FastAPI. The lifespan opens
+the store and starts the tick and snapshot loops.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import os
+import secrets
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from pacer import __version__
+from pacer.api import bidder
+from pacer.api.errors import ApiError
+from pacer.api.operator import router as operator_router
+from pacer.clock import wall_clock
+from pacer.config import Settings
+from pacer.controller import ControlParams
+from pacer.curves import TrafficCurve
+from pacer.engine import Engine, EngineParams
+from pacer.metrics import PacerCollector
+from pacer.service import Service
+from pacer.store import open_store
+
+log = logging.getLogger("pacer")
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+MAX_BODY = 2 * 1024 * 1024  # 1000 requests of ~200 bytes fit ten times over
+_JSON = [(b"content-type", b"application/json")]
+_encode = msgspec.json.Encoder().encode
+
+
+def operator_token(settings: Settings) -> str:
+    """PACER_OPERATOR_TOKEN, or one generated once and kept in a 0600 file (reused on restart)."""
+    if settings.operator_token:
+        return settings.operator_token
+    path = settings.operator_token_file
+    if path.exists():
+        return path.read_text().strip()
+    token = secrets.token_urlsafe(32)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    return token
+
+
+def _curve(settings: Settings) -> TrafficCurve:
+    path = Path(settings.models_dir) / "prior" / "traffic.json"
+    if path.exists():
+        return TrafficCurve.load(path)
+    log.warning("no traffic prior at %s: 'traffic' pacing falls back to a flat day", path)
+    return TrafficCurve.flat()
+
+
+def _error(exc: ApiError) -> JSONResponse:
+    return JSONResponse(exc.body(), status_code=exc.status)
+
+
+def _field(loc: tuple[int | str, ...]) -> str | None:
+    parts = [str(p) for p in loc[1:]] if loc and loc[0] in ("body", "query", "path") else [str(p) for p in loc]
+    # Drop pydantic's union tags ("flight"/"daily") so the field reads like the JSON path.
+    parts = [p for p in parts if p not in ("flight", "daily", "function-after[...]")]
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if p.isdigit() else (f".{p}" if out else p)
+    return out or None
+
+
+def build_fastapi(service: Service, settings: Settings, token: str) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await service.start()
+        try:
+            yield
+        finally:
+            await service.stop()
+
+    app = FastAPI(title="pacer", version=__version__, lifespan=lifespan,
+                  description="Real-time budget pacing for ad bidding. Money is integer micros.")
+    app.state.service = service
+    app.state.operator_token = token
+    app.include_router(operator_router)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(PacerCollector(service.engine, service.http, service.store_errors))
+
+    @app.exception_handler(ApiError)
+    async def api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return _error(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0]
+        if first.get("type") == "json_invalid":
+            return _error(ApiError(400, "invalid_json", "body is not valid JSON"))
+        kind = first.get("type")
+        if tuple(first.get("loc", ())) == ("body",):
+            message = "body must be a JSON object sent with Content-Type: application/json"
+            return _error(ApiError(422, "validation_error", message))
+        message = "unknown field" if kind == "extra_forbidden" else str(first.get("msg", "invalid"))
+        return _error(ApiError(422, "validation_error", message, _field(tuple(first.get("loc", ())))))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        codes = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized", 403: "unauthorized"}
+        return _error(ApiError(exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail)))
+
+    @app.get("/healthz", tags=["ops"])
+    async def healthz() -> dict[str, str]:
+        """The process is alive and serving."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["ops"], responses={503: {"description": "store unreachable"}})
+    async def readyz() -> JSONResponse:
+        """Ready to take traffic: the store answers (budget truth reachable)."""
+        store_ok = await service.store.ping()
+        body = {"status": "ready" if store_ok else "not_ready", "store": store_ok,
+                "bidders": len(service.engine.bidders), "traffic_curve": service.engine.curve.name}
+        return JSONResponse(body, status_code=200 if store_ok else 503)
+
+    @app.get("/metrics", tags=["ops"], response_class=PlainTextResponse)
+    async def metrics() -> PlainTextResponse:
+        """Prometheus text format."""
+        return PlainTextResponse(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    _document_bidder_routes(app)
+    return app
+
+
+def _document_bidder_routes(app: FastAPI) -> None:
+    """Add the raw bidder routes to /openapi.json from the msgspec structs that decode them."""
+    refs, components = bidder.schemas()
+
+    def route(summary: str, request: str, response: str, doc: str) -> dict[str, object]:
+        err = {"description": "invalid body; `error.field` names the field"}
+        return {"post": {
+            "tags": ["bidder"], "summary": summary, "description": doc,
+            "requestBody": {"required": True, "content": {"application/json": {"schema": refs[request]}}},
+            "responses": {"200": {"description": "OK", "content": {"application/json": {"schema": refs[response]}}},
+                          "400": {"description": "body is not JSON"}, "422": err},
+        }}
+
+    paths = {
+        "/v1/bid": route("Decide one bid", "BidRequest", "Decision",
+                         "Bid or not, and at what price (never above the request nor max_bid_micros). In memory."),
+        "/v1/bids": route("Decide up to 1000 bids", "BidsRequest", "Decisions", "Decisions in request order."),
+        "/v1/events": route("Report wins and losses", "EventsRequest", "EventsResponse",
+                            "1..1000 events; all valid or none counted. 200 means durable; a win counts once. "
+                            "503 if the store cannot record them: retry."),
+    }
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = FastAPI.openapi(app)
+            schema["paths"] = {**paths, **schema["paths"]}
+            schema.setdefault("components", {}).setdefault("schemas", {}).update(components)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+class PacerApp:
+    """The dispatcher: hot bidder routes to raw handlers, the rest to FastAPI (lifespan included)."""
+
+    def __init__(self, service: Service, fastapi: FastAPI, bidder_token: str | None) -> None:
+        self.service = service
+        self.fastapi = fastapi
+        self._bidder_token = f"Bearer {bidder_token}".encode() if bidder_token else None
+        engine, store = service.engine, service.store
+
+        async def events(body: bytes) -> bytes:
+            return await bidder.events(engine, store, body)
+
+        async def bid(body: bytes) -> bytes:
+            return bidder.bid(engine, body)
+
+        async def bids(body: bytes) -> bytes:
+            return bidder.bids(engine, body)
+
+        self._routes: dict[str, Callable[[bytes], Awaitable[bytes]]] = {
+            "/v1/bid": bid, "/v1/bids": bids, "/v1/events": events,
+        }
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        handler = self._routes.get(scope["path"]) if scope["type"] == "http" else None
+        if handler is None:
+            await self.fastapi(scope, receive, send)
+            return
+        started = time.perf_counter()
+        try:
+            if scope["method"] != "POST":
+                raise ApiError(405, "method_not_allowed", f"{scope['method']} not allowed; use POST")
+            if self._bidder_token is not None:
+                auth = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
+                if not hmac.compare_digest(auth, self._bidder_token):
+                    raise ApiError(401, "unauthorized", "missing or wrong bidder bearer token")
+            status, out = 200, await handler(await _read_body(receive))
+        except ApiError as exc:
+            status, out = exc.status, _encode(exc.body())
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [*_JSON, (b"content-length", str(len(out)).encode())]})
+        await send({"type": "http.response.body", "body": out})
+        self.service.http.observe(scope["path"], status, time.perf_counter() - started)
+
+
+async def _read_body(receive: Receive) -> bytes:
+    message = await receive()
+    body: bytes = message.get("body", b"")
+    if not message.get("more_body"):
+        return body
+    chunks = [body]
+    size = len(body)
+    while message.get("more_body"):
+        message = await receive()
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise ApiError(413, "payload_too_large", f"body above {MAX_BODY} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def create_app(settings: Settings | None = None) -> PacerApp:
+    """Build the whole service from settings (uvicorn calls this as a factory)."""
+    settings = settings or Settings()
+    params = EngineParams(
+        tick_s=settings.tick_ms / 1000, ttl_min_s=settings.ttl_min_s, ttl_max_s=settings.ttl_max_s,
+        ttl_initial_s=settings.ttl_initial_s, control=ControlParams(),
+    )
+    engine = Engine(wall_clock, params, _curve(settings))
+    service = Service(engine, open_store(settings.store), params.tick_s, settings.sync_ms / 1000,
+                      settings.dedupe_days * 86400)
+    token = operator_token(settings)
+    return PacerApp(service, build_fastapi(service, settings, token), settings.bidder_token)

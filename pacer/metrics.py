@@ -1,0 +1,99 @@
+"""metrics.py: counters and latency histograms, exported in Prometheus text format at scrape time.
+
+The hot path pays a list increment per request; prometheus_client's own metric objects (a lock per update)
+are used only at scrape time, through a collector that reads these plain numbers and the engine's counters.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections import Counter
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from pacer.engine import Engine
+
+# Seconds; dense below 2 ms, where the bid path's goal lies.
+BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 2.5)
+
+
+class Histogram:
+    __slots__ = ("counts", "total")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(BUCKETS) + 1)
+        self.total = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect_left(BUCKETS, seconds)] += 1
+        self.total += seconds
+
+
+class HttpMetrics:
+    """Per-route latency and per-(route, status) counts, filled by the ASGI layer."""
+
+    def __init__(self) -> None:
+        self.latency: dict[str, Histogram] = {}
+        self.requests: Counter[tuple[str, int]] = Counter()
+
+    def observe(self, route: str, status: int, seconds: float) -> None:
+        hist = self.latency.get(route)
+        if hist is None:
+            hist = self.latency[route] = Histogram()
+        hist.observe(seconds)
+        self.requests[route, status] += 1
+
+
+class PacerCollector(Collector):
+    def __init__(self, engine: Engine, http: HttpMetrics, store_errors: Counter[str]) -> None:
+        self.engine = engine
+        self.http = http
+        self.store_errors = store_errors
+
+    def collect(self) -> Iterator[Metric]:
+        e = self.engine
+        decisions = CounterMetricFamily("pacer_decisions", "Bid decisions by outcome", labels=["reason"])
+        for reason, n in e.decisions.items():
+            decisions.add_metric([reason], n)
+        yield decisions
+        events = CounterMetricFamily("pacer_events", "Win/loss notices accepted", labels=["type"])
+        events.add_metric(["win"], e.wins)
+        events.add_metric(["loss"], e.losses)
+        events.add_metric(["duplicate"], e.duplicates)
+        yield events
+        yield CounterMetricFamily("pacer_late_wins", "Wins with no open reservation", value=e.late_wins)
+        yield CounterMetricFamily("pacer_expired_micros", "Reserved micros freed by expiry", value=e.expired_micros)
+        ledgers = [b.ledger for b in e.bidders.values()]
+        for name, helptext, value in (
+            ("pacer_budget_micros", "Budgets of the current periods, summed", sum(x.budget for x in ledgers)),
+            ("pacer_spent_micros", "Spend in the current periods, summed", sum(x.spent for x in ledgers)),
+            ("pacer_reserved_micros", "Open reservations, summed", sum(x.reserved for x in ledgers)),
+            ("pacer_reservation_ttl_seconds", "Current reservation TTL", e.delays.ttl),
+        ):
+            yield GaugeMetricFamily(name, helptext, value=value)
+        states = GaugeMetricFamily("pacer_bidders", "Bidders by state", labels=["state"])
+        now = e.clock()
+        counts = Counter(b.state(now) for b in e.bidders.values())
+        for state in ("scheduled", "active", "paused", "exhausted", "ended"):
+            states.add_metric([state], counts.get(state, 0))
+        yield states
+        errors = CounterMetricFamily("pacer_store_errors", "Store operations that failed", labels=["op"])
+        for op, n in self.store_errors.items():
+            errors.add_metric([op], n)
+        yield errors
+        requests = CounterMetricFamily("pacer_requests", "HTTP requests", labels=["route", "status"])
+        for (route, status), n in self.http.requests.items():
+            requests.add_metric([route, str(status)], n)
+        yield requests
+        latency = HistogramMetricFamily("pacer_request_duration_seconds", "Request latency", labels=["route"])
+        for route, hist in self.http.latency.items():
+            cumulative, buckets = 0, []
+            for bound, count in zip((*BUCKETS, float("inf")), hist.counts, strict=True):
+                cumulative += count
+                buckets.append((str(bound) if bound != float("inf") else "+Inf", cumulative))
+            latency.add_metric([route], buckets, hist.total)
+        yield latency

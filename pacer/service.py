@@ -1,0 +1,147 @@
+"""service.py: one running instance: the engine, its store, and the background loops that join them.
+
+Operator changes are written to the store first and applied to the engine only once durable. The tick and the
+snapshot loop run beside the hot path; nothing here is called per bid.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter
+from collections.abc import Awaitable
+
+from pacer.engine import BidderConfig, Engine
+from pacer.metrics import HttpMetrics
+from pacer.periods import parse_period, period_to_json, window_at
+from pacer.store import BidderRecord, Store, StoreError
+
+log = logging.getLogger("pacer")
+
+PRUNE_EVERY_S = 3600.0
+
+
+def config_to_json(config: BidderConfig) -> dict[str, object]:
+    return {
+        "budget_micros": config.budget_micros,
+        "period": period_to_json(config.period),
+        "pacing": config.pacing,
+        "max_bid_micros": config.max_bid_micros,
+        "paused": config.paused,
+    }
+
+
+def config_from_json(doc: dict[str, object]) -> BidderConfig:
+    budget, cap = doc["budget_micros"], doc.get("max_bid_micros")
+    assert isinstance(budget, int) and (cap is None or isinstance(cap, int))
+    return BidderConfig(
+        budget_micros=budget,
+        period=parse_period(doc["period"]),
+        pacing=str(doc.get("pacing", "even")),
+        max_bid_micros=cap,
+        paused=bool(doc.get("paused", False)),
+    )
+
+
+class Service:
+    def __init__(self, engine: Engine, store: Store, tick_s: float, sync_s: float, dedupe_s: float) -> None:
+        self.engine = engine
+        self.store = store
+        self.tick_s = tick_s
+        self.sync_s = sync_s
+        self.dedupe_s = dedupe_s
+        self.versions: dict[str, int] = {}
+        self.store_errors: Counter[str] = Counter()
+        self.http = HttpMetrics()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._lock = asyncio.Lock()  # operator writes to one store+engine, in order
+
+    async def start(self) -> None:
+        """Open the store, rebuild every bidder with its recorded spend, hold back pre-crash reservations."""
+        await self.store.open()
+        records = await self.store.load_bidders()
+        now = self.engine.clock()
+        configs = {r.bidder_id: config_from_json(r.config) for r in records}
+        keys = [(bidder_id, window_at(c.period, now).key) for bidder_id, c in configs.items()]
+        spend = await self.store.load_spend(keys)
+        for (bidder_id, key), record in zip(keys, records, strict=True):
+            self.engine.configure(bidder_id, configs[bidder_id], spend[bidder_id, key])
+            self.versions[bidder_id] = record.version
+        for bidder_id, (micros, until) in (await self.store.load_reserved()).items():
+            bidder = self.engine.bidders.get(bidder_id)
+            if bidder is not None and until > now and micros > 0:
+                bidder.ledger.hold_back(micros, until)
+        self.engine.tick()
+        log.info("loaded %d bidders", len(records))
+        self._tasks = [asyncio.create_task(self._tick_loop()), asyncio.create_task(self._sync_loop())]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        with contextlib.suppress(StoreError):
+            await self._snapshot()
+        await self.store.close()
+
+    # --- background loops -----------------------------------------------------------------------------------
+
+    async def _tick_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.tick_s)  # a periodic timer, not a stand-in for synchronisation
+            self.engine.tick()
+
+    async def _sync_loop(self) -> None:
+        last_prune = 0.0
+        while True:
+            await asyncio.sleep(self.sync_s)
+            try:
+                await self._snapshot()
+                if time.monotonic() - last_prune > PRUNE_EVERY_S:
+                    await self.store.prune(self.engine.clock() - self.dedupe_s)
+                    last_prune = time.monotonic()
+            except StoreError as exc:
+                self.store_errors["sync"] += 1
+                log.warning("store sync failed: %s", exc)
+
+    async def _snapshot(self) -> None:
+        """Write each bidder's open reservations and how long they may still be won (see Store.save_reserved)."""
+        until = self.engine.clock() + self.engine.delays.ttl
+        snapshot = {}
+        for bidder_id, b in self.engine.bidders.items():
+            ledger = b.ledger
+            if ledger.reserved or ledger.holdback:
+                snapshot[bidder_id] = (ledger.reserved + ledger.holdback, max(until, ledger.holdback_until))
+        await self.store.save_reserved(snapshot)
+
+    # --- operator operations ----------------------------------------------------------------------------------
+
+    async def put(self, bidder_id: str, config: BidderConfig) -> bool:
+        """Create or replace; True if created. Durable before it takes effect."""
+        async with self._lock:
+            created = bidder_id not in self.engine.bidders
+            version = self.versions.get(bidder_id, 0) + 1
+            record = BidderRecord(bidder_id, config_to_json(config), version, time.time())
+            await self._write("put", self.store.put_bidder(record))
+            key = window_at(config.period, self.engine.clock()).key
+            spend = await self.store.load_spend([(bidder_id, key)])
+            self.engine.configure(bidder_id, config, spend[bidder_id, key])
+            self.versions[bidder_id] = version
+            return created
+
+    async def delete(self, bidder_id: str) -> None:
+        async with self._lock:
+            await self._write("delete", self.store.delete_bidder(bidder_id))
+            self.engine.remove(bidder_id)
+            self.versions.pop(bidder_id, None)
+
+    async def _write(self, op: str, write: Awaitable[None]) -> None:
+        try:
+            await write
+        except StoreError:
+            self.store_errors[op] += 1
+            raise
+
