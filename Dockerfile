@@ -16,8 +16,9 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
         > requirements.txt \
  && pip wheel -w /wheels -r requirements.txt
 
-# Then the project itself. README.md is needed: pyproject.toml names it as the package readme.
-COPY README.md ./
+# Then the project itself. pyproject.toml names README.md as the package readme; the wildcard keeps the build
+# working while it is absent (BuildKit allows an empty wildcard match).
+COPY pyproject.toml README.md* ./
 COPY pacer/ ./pacer/
 RUN pip wheel --no-deps -w /wheels .
 
