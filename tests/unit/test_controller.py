@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pacer.controller import ControlParams, Controller, TickInputs
+from pacer.controller import Controller, ControlParams, TickInputs
 from pacer.curves import ASAP, EVEN
 
 

@@ -9,21 +9,24 @@ from __future__ import annotations
 import heapq
 import math
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from pacer.clock import ManualClock
+from pacer.curves import TrafficCurve
 from pacer.engine import BidderConfig, Engine, EngineParams
 from pacer.periods import Flight
 
-T0 = 1_800_000_000.0
+T0 = 1_800_000_000.0  # 2027-01-15 08:00 UTC: the prior's morning ramp, so `traffic` differs from `even`
+PRIOR = TrafficCurve.load(Path(__file__).resolve().parents[2] / "models" / "prior" / "traffic.json")
 
 
 def simulate(mode: str, share: float, length: float = 3600.0, rate: float = 20.0, seed: int = 3) -> dict[str, float]:
     rng = np.random.default_rng(seed)
     clock = ManualClock(T0)
-    eng = Engine(clock, EngineParams(tick_s=0.5), rng=random.Random(seed))
+    eng = Engine(clock, EngineParams(tick_s=0.5), PRIOR, rng=random.Random(seed))
     n = int(rate * length)
     times = np.sort(rng.uniform(0, length, n)) + T0
     values = rng.lognormal(math.log(2000), 0.5, n).astype(int) + 1
@@ -74,3 +77,14 @@ def test_frontload_is_ahead_of_even_at_half_time() -> None:
 def test_asap_spends_early_and_stops_at_the_budget() -> None:
     r = simulate("asap", 0.1)
     assert r["half"] == pytest.approx(1.0, abs=0.02) and r["delivery"] <= 1.0
+
+
+def test_traffic_pacing_follows_the_diurnal_prior_not_the_clock() -> None:
+    """Six morning hours: the prior rises ~1.7x, so by half time the traffic target is well below half."""
+    length = 6 * 3600.0
+    weights = PRIOR.weight(np.array([T0, T0 + length / 2, T0 + length]))
+    expected_half = (weights[1] - weights[0]) / (weights[2] - weights[0])
+    assert expected_half < 0.46
+    r = simulate("traffic", 0.3, length=length, rate=4.0)
+    assert abs(r["half"] - expected_half) < 0.03, (r, expected_half)
+    assert 0.98 <= r["delivery"] <= 1.0, r
