@@ -18,9 +18,6 @@ from pacer.config import Settings
 OPERATOR_TOKEN = "tok"
 OPERATOR = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
 
-ClientFactory = Callable[..., contextlib.AbstractAsyncContextManager[httpx.AsyncClient]]
-
-
 def rfc3339(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -85,32 +82,36 @@ async def send_events(client: httpx.AsyncClient, *events: dict[str, Any]) -> dic
     return resp.json()
 
 
-@pytest.fixture
-def make_client(tmp_path: Path) -> ClientFactory:
-    """An async context manager factory: a fresh app on its own store, lifespan running, and a client for it."""
+@contextlib.asynccontextmanager
+async def serve(app: PacerApp, raise_app_exceptions: bool = True) -> AsyncIterator[httpx.AsyncClient]:
+    """Run the app's lifespan (httpx's ASGITransport does not) around a client talking to it in-process."""
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=raise_app_exceptions)
+    async with (
+        app.fastapi.router.lifespan_context(app.fastapi),
+        httpx.AsyncClient(transport=transport, base_url="http://test") as client,
+    ):
+        yield client
 
-    @contextlib.asynccontextmanager
-    async def make(**settings: Any) -> AsyncIterator[httpx.AsyncClient]:
-        app = create_app(Settings(store=f"sqlite:///{tmp_path}/p.db", operator_token=OPERATOR_TOKEN,
-                                  operator_token_file=tmp_path / "t", **settings))
-        async with (
-            app.fastapi.router.lifespan_context(app.fastapi),
-            httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client,
-        ):
-            client.app = app  # type: ignore[attr-defined]
-            yield client
+
+@pytest.fixture
+def make_app(tmp_path: Path) -> Callable[..., PacerApp]:
+    """Build the whole service on a store in tmp_path; keyword arguments override Settings."""
+
+    def make(**overrides: Any) -> PacerApp:
+        settings = {"store": f"sqlite:///{tmp_path}/p.db", "operator_token": OPERATOR_TOKEN,
+                    "operator_token_file": tmp_path / "t", **overrides}
+        return create_app(Settings(**settings))
 
     return make
 
 
 @pytest.fixture
-async def client(make_client: ClientFactory) -> AsyncIterator[httpx.AsyncClient]:
-    """A client of the app with no bidder token; operator calls pass `headers=OPERATOR`."""
-    async with make_client() as c:
-        yield c
+def app(make_app: Callable[..., PacerApp]) -> PacerApp:
+    return make_app()
 
 
 @pytest.fixture
-def app(client: httpx.AsyncClient) -> PacerApp:
-    app: PacerApp = client.app  # type: ignore[attr-defined]
-    return app
+async def client(app: PacerApp) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of the running app, no bidder token; operator calls pass `headers=OPERATOR`."""
+    async with serve(app) as c:
+        yield c

@@ -249,8 +249,8 @@ def test_period_to_json() -> None:
 
 
 @given(
-    start_ms=st.integers(int(ts("2000-01-01T00:00:00Z")) * 1000, int(ts("2200-01-01T00:00:00Z")) * 1000),
-    length_ms=st.integers(1, 10**11),
+    start_ms=st.integers(int(ts("2000-01-01T00:00:00Z")) * 1000, int(ts("2190-01-01T00:00:00Z")) * 1000),
+    length_ms=st.integers(1, 10**11),  # up to ~3 years, so end stays before 2200
     zone=st.sampled_from(TILING_ZONES),
 )
 def test_flight_round_trip(start_ms: int, length_ms: int, zone: str) -> None:
