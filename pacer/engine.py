@@ -20,6 +20,8 @@ from pacer.curves import ASAP, MODES, TrafficCurve, progress_one
 from pacer.ledger import Ledger
 from pacer.periods import Daily, Flight, Period, Window, utc_offset, window_at
 
+_IDLE = (0.0,) * 13  # a free slot: zero budget, masked inactive
+TICK_CHUNK = 1000
 REASONS = ("paced", "exhausted", "paused", "not_active", "unknown_bidder", "no_budget")
 PACED, EXHAUSTED, PAUSED, NOT_ACTIVE, UNKNOWN_BIDDER, NO_BUDGET = REASONS
 
@@ -281,7 +283,14 @@ class Engine:
     # --- the tick --------------------------------------------------------------------------------------------
 
     def tick(self) -> None:
-        """Expire reservations, roll daily periods over and re-plan every bidder. Vectorised; no I/O."""
+        """Expire reservations, roll daily periods over and re-plan every bidder, all at once."""
+        for _ in self.tick_steps():
+            pass
+
+    def tick_steps(self, chunk: int = TICK_CHUNK) -> Iterator[None]:
+        """The tick in steps: yields after every `chunk` bidders gathered so the service can let bids through
+        in between (10,000 bidders take ~13 ms of Python; one chunk ~1.5 ms). The control update itself is one
+        vectorised numpy step at the end. No I/O."""
         now = self.clock()
         dt = now - self._last_tick
         self._last_tick = now
@@ -289,32 +298,37 @@ class Engine:
         n = len(self._slots)
         if n == 0:
             return
-        # One row per input, one column per slot; free slots stay zero and inactive.
-        cols = np.zeros((13, n))
+        # One row per slot (plain tuples, converted once: per-element numpy writes cost ~1.5 us each).
+        rows: list[tuple[float, ...]] = [_IDLE] * n
         active = np.zeros(n, dtype=np.bool_)
         mode = np.zeros(n, dtype=np.int8)
         offsets: dict[str, float] = {}
-        for b in self._live():
+        max_ttl = self.params.ttl_max_s
+        for i, b in enumerate([b for b in self._slots if b is not None]):
+            if i and i % chunk == 0:
+                yield
             if now >= b.window.end and isinstance(b.config.period, Daily):
                 self._roll(b, now)
             ledger = b.ledger
-            freed = ledger.expire(now, ttl, self.params.ttl_max_s)
+            freed = ledger.expire(now, ttl, max_ttl)
             if freed:
                 self.expired_micros += freed
                 b.settled_reserved += freed
-            tz = b.timezone
+            tz = b.config.period.timezone
             offset = offsets.get(tz)
             if offset is None:
                 offset = offsets[tz] = utc_offset(tz, now)
             s = b.slot
             active[s] = b.state(now) == "active"
             mode[s] = b.mode
-            cols[:, s] = (
+            rows[s] = (
                 ledger.budget, ledger.spent, ledger.reserved, ledger.holdback, b.window.start, b.window.end,
                 offset, b.weights[0], b.weights[1], b.granted, b.settled_reserved, b.settled_spent,
                 b.unmatched_spent,
             )
             b.granted = b.settled_reserved = b.settled_spent = b.unmatched_spent = 0
+        yield
+        cols = np.array(rows, dtype=np.float64).T
         budget, spent, reserved, holdback, start, end, offset_s, w_start, w_end = cols[:9]
         ahead = np.minimum(now + self.controller.horizon(start, end), end)
         inputs = TickInputs(
@@ -324,10 +338,14 @@ class Engine:
             granted=cols[9], settled_reserved=cols[10], settled_spent=cols[11], unmatched_spent=cols[12],
         )
         self.controller.update(now, dt, inputs, self.delays.mean)
-        self._publish_all(n)
-
-    def _live(self) -> Iterator[Bidder]:
-        return (b for b in self._slots if b is not None)
+        yield
+        throttle = self.controller.throttle[:n].tolist()
+        multiplier = self.controller.multiplier[:n].tolist()
+        for i, b in enumerate([b for b in self._slots if b is not None]):
+            if i and i % (4 * chunk) == 0:
+                yield
+            b.throttle = throttle[b.slot]
+            b.multiplier = multiplier[b.slot]
 
     def _roll(self, bidder: Bidder, now: float) -> None:
         window = window_at(bidder.config.period, now)
@@ -340,13 +358,6 @@ class Engine:
         ctl = self.controller
         bidder.throttle = float(ctl.throttle[bidder.slot])
         bidder.multiplier = float(ctl.multiplier[bidder.slot])
-
-    def _publish_all(self, n: int) -> None:
-        throttle = self.controller.throttle[:n].tolist()
-        multiplier = self.controller.multiplier[:n].tolist()
-        for b in self._live():
-            b.throttle = throttle[b.slot]
-            b.multiplier = multiplier[b.slot]
 
     # --- status ----------------------------------------------------------------------------------------------
 

@@ -110,6 +110,8 @@ class Ledger:
     def expire(self, now: float, ttl: float, forget_after: float) -> int:
         """Free reservations older than `ttl`; forget expired grants older than `forget_after`.
         Returns the micros freed."""
+        if not (self._open or self._expired or self.holdback):
+            return 0
         freed = 0
         cutoff = now - ttl
         while self._open:

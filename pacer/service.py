@@ -92,7 +92,8 @@ class Service:
     async def _tick_loop(self) -> None:
         while True:
             await asyncio.sleep(self.tick_s)  # a periodic timer, not a stand-in for synchronisation
-            self.engine.tick()
+            for _ in self.engine.tick_steps():
+                await asyncio.sleep(0)  # let waiting bids through between chunks
 
     async def _sync_loop(self) -> None:
         last_prune = 0.0
