@@ -36,7 +36,7 @@ from pacer.curves import TrafficCurve
 from pacer.engine import Engine, EngineParams
 from pacer.metrics import PacerCollector
 from pacer.service import Service
-from pacer.store import open_store
+from pacer.store import StoreError, open_store
 
 log = logging.getLogger("pacer")
 
@@ -106,9 +106,15 @@ def build_fastapi(service: Service, settings: Settings, token: str) -> FastAPI:
     async def api_error(_: Request, exc: ApiError) -> JSONResponse:
         return _error(exc)
 
+    @app.exception_handler(StoreError)
+    async def store_error(_: Request, exc: StoreError) -> JSONResponse:
+        return _error(ApiError(503, "store_unavailable", f"not saved, nothing changed; retry: {exc}"))
+
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0]
+        # A typo gives both "unknown field" and "field required": the unknown one says what went wrong.
+        errors = sorted(exc.errors(), key=lambda e: e.get("type") != "extra_forbidden")
+        first = errors[0]
         if first.get("type") == "json_invalid":
             return _error(ApiError(400, "invalid_json", "body is not valid JSON"))
         kind = first.get("type")
@@ -116,12 +122,17 @@ def build_fastapi(service: Service, settings: Settings, token: str) -> FastAPI:
             message = "body must be a JSON object sent with Content-Type: application/json"
             return _error(ApiError(422, "validation_error", message))
         message = "unknown field" if kind == "extra_forbidden" else str(first.get("msg", "invalid"))
-        return _error(ApiError(422, "validation_error", message, _field(tuple(first.get("loc", ())))))
+        field = _field(tuple(first.get("loc", ())))
+        if kind in ("union_tag_invalid", "union_tag_not_found"):
+            field = f"{field}.type"
+        return _error(ApiError(422, "validation_error", message, field))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         codes = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized", 403: "unauthorized"}
-        return _error(ApiError(exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail)))
+        response = _error(ApiError(exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail)))
+        response.headers.update(exc.headers or {})
+        return response
 
     @app.get("/healthz", tags=["ops"])
     async def healthz() -> dict[str, str]:
@@ -184,7 +195,8 @@ class PacerApp:
     def __init__(self, service: Service, fastapi: FastAPI, bidder_token: str | None) -> None:
         self.service = service
         self.fastapi = fastapi
-        self._bidder_token = f"Bearer {bidder_token}".encode() if bidder_token else None
+        self._bidder_token = bidder_token.encode() if bidder_token else None
+        self._operator_token: bytes = fastapi.state.operator_token.encode()
         engine, store = service.engine, service.store
 
         async def events(body: bytes) -> bytes:
@@ -203,28 +215,49 @@ class PacerApp:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         handler = self._routes.get(scope["path"]) if scope["type"] == "http" else None
         if handler is None:
+            # Operator auth before FastAPI parses the body: no token, no error about the body.
+            operator = scope["type"] == "http" and scope["path"].startswith("/v1/bidders")
+            if operator and not _bearer_matches(scope, self._operator_token):
+                await _respond(send, ApiError(401, "unauthorized", "missing or wrong operator bearer token"))
+                return
             await self.fastapi(scope, receive, send)
             return
         started = time.perf_counter()
         try:
             if scope["method"] != "POST":
                 raise ApiError(405, "method_not_allowed", f"{scope['method']} not allowed; use POST")
-            if self._bidder_token is not None:
-                auth = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
-                if not hmac.compare_digest(auth, self._bidder_token):
-                    raise ApiError(401, "unauthorized", "missing or wrong bidder bearer token")
+            if self._bidder_token is not None and not _bearer_matches(scope, self._bidder_token):
+                raise ApiError(401, "unauthorized", "missing or wrong bidder bearer token")
             status, out = 200, await handler(await _read_body(receive))
         except ApiError as exc:
             status, out = exc.status, _encode(exc.body())
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [*_JSON, (b"content-length", str(len(out)).encode())]})
+        headers = [*_JSON, (b"content-length", str(len(out)).encode())]
+        if status == 405:
+            headers.append((b"allow", b"POST"))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": out})
         self.service.http.observe(scope["path"], status, time.perf_counter() - started)
+
+
+def _bearer_matches(scope: Scope, token: bytes) -> bool:
+    """`Authorization: Bearer <token>` (scheme case-insensitive, RFC 9110), compared in constant time."""
+    auth: bytes = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
+    scheme, _, given = auth.partition(b" ")
+    return scheme.lower() == b"bearer" and hmac.compare_digest(given.strip(), token)
+
+
+async def _respond(send: Send, exc: ApiError) -> None:
+    out = _encode(exc.body())
+    await send({"type": "http.response.start", "status": exc.status,
+                "headers": [*_JSON, (b"content-length", str(len(out)).encode())]})
+    await send({"type": "http.response.body", "body": out})
 
 
 async def _read_body(receive: Receive) -> bytes:
     message = await receive()
     body: bytes = message.get("body", b"")
+    if len(body) > MAX_BODY:
+        raise ApiError(413, "payload_too_large", f"body above {MAX_BODY} bytes")
     if not message.get("more_body"):
         return body
     chunks = [body]

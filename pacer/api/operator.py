@@ -175,9 +175,11 @@ async def list_bidders(
     after = ""
     if cursor:
         try:
-            after = base64.urlsafe_b64decode(cursor.encode()).decode()
+            after = base64.b64decode(cursor.encode(), altchars=b"-_", validate=True).decode()
         except (binascii.Error, UnicodeDecodeError, ValueError):
-            raise ApiError(422, "validation_error", "not a cursor returned by this API", "cursor") from None
+            after = ""
+        if not after:
+            raise ApiError(422, "validation_error", "not a cursor returned by this API", "cursor")
     ids = sorted(i for i in service.engine.bidders if i > after)
     page = ids[:limit]
     more = len(ids) > limit

@@ -18,6 +18,7 @@ from pacer.config import Settings
 OPERATOR_TOKEN = "tok"
 OPERATOR = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
 
+
 def rfc3339(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 

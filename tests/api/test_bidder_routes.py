@@ -151,9 +151,9 @@ async def test_bid_micros_bounds_are_inclusive(client: httpx.AsyncClient) -> Non
     assert await bid(client, "b1", "a2", 10**12) == {"auction_id": "a2", "bid": True, "bid_micros": 10**12}
 
 
-@pytest.mark.parametrize("body", [[BID], "bid", 1000, None], ids=repr)
-async def test_bid_body_not_an_object(client: httpx.AsyncClient, body: Any) -> None:
-    assert_error(await client.post("/v1/bid", json=body), 422, "validation_error", None)
+@pytest.mark.parametrize("content", [json.dumps([BID]).encode(), b'"bid"', b"1000", b"null"], ids=repr)
+async def test_bid_body_not_an_object(client: httpx.AsyncClient, content: bytes) -> None:
+    assert_error(await client.post("/v1/bid", content=content), 422, "validation_error", None)
 
 
 @pytest.mark.parametrize("path", ["/v1/bid", "/v1/bids", "/v1/events"])

@@ -51,6 +51,7 @@ class PacerServer:
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
+        self.escalated = False  # the last stop() had to SIGKILL
         self._log: BinaryIO | None = None
         self._log_path = tmp_path / "serve.log"
 
@@ -100,7 +101,8 @@ class PacerServer:
         return self.proc.wait(STOP_TIMEOUT_S)
 
     def stop(self) -> int | None:
-        """SIGTERM, then SIGKILL if it has not exited within STOP_TIMEOUT_S. Returns the exit code."""
+        """SIGTERM, then SIGKILL if it has not exited within STOP_TIMEOUT_S. Returns the exit code: uvicorn
+        re-raises the SIGTERM it handled once it has shut down cleanly, so a clean stop reads -SIGTERM."""
         proc = self.proc
         if proc is None:
             return None
@@ -109,6 +111,7 @@ class PacerServer:
             try:
                 proc.wait(STOP_TIMEOUT_S)
             except subprocess.TimeoutExpired:
+                self.escalated = True
                 proc.kill()
                 proc.wait(STOP_TIMEOUT_S)
         if self._log is not None:

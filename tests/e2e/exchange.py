@@ -113,8 +113,11 @@ class Exchange:
         self.failed_event_posts = 0
         self.errors: list[str] = []  # anything a correct service should never do
         self.samples: list[Sample] = []
-        # Called after every 200 on /v1/events with how many other /v1/events requests are still in flight.
-        self.on_events_ack: Callable[[int], None] | None = None
+        self.decisions: list[tuple[int, str]] = []  # (auction index, "bid" or the reason for no bid)
+        # Called after every 200 on /v1/events with how many other /v1/events requests are still in flight, and
+        # how many win notices those carry.
+        self.on_events_ack: Callable[[int, int], None] | None = None
+        self.wins_in_flight = 0
         self._next = 0  # next auction to offer
         self._sends: Counter[str] = Counter()  # win notices sent per auction
         self._halted = False
@@ -199,10 +202,11 @@ class Exchange:
         if decision.get("auction_id") != aid:
             self.errors.append(f"decision for {decision.get('auction_id')!r} in the place of {aid!r}")
             return
+        outcome = "bid" if decision["bid"] else decision["reason"]
+        self.reasons[outcome] += 1
+        self.decisions.append((i, outcome))
         if not decision["bid"]:
-            self.reasons[decision["reason"]] += 1
             return
-        self.reasons["bid"] += 1
         bid = decision["bid_micros"]
         if not 1 <= bid <= a.value[i]:
             self.errors.append(f"{aid}: granted {bid} for a request of {a.value[i]}")
@@ -265,12 +269,15 @@ class Exchange:
             if self._sends[aid] > 1:
                 self.second_sends += 1
         self.loss_notices += len(events) - len(wins)
+        self.wins_in_flight += len(wins)
         try:
             response = await self.client.post("/v1/events", json={"events": events})
         except httpx.TransportError:
             self.failed_event_posts += 1
             self.failed_wins.update(wins)
             return
+        finally:
+            self.wins_in_flight -= len(wins)
         if response.status_code != 200:
             self.errors.append(f"/v1/events -> {response.status_code} {response.text[:200]}")
             self.failed_wins.update(wins)
@@ -282,7 +289,7 @@ class Exchange:
         self.duplicates += body["duplicates"]
         self.acked.update(wins)
         if self.on_events_ack is not None:
-            self.on_events_ack(len(self._posts) - 1)
+            self.on_events_ack(len(self._posts) - 1, self.wins_in_flight)
 
     async def drain(self, timeout: float) -> None:
         """Wait until every scheduled notice has been sent and answered (call after `run` returned)."""
