@@ -379,7 +379,7 @@ class Engine:
             "state": bidder.state(now),
             "budget_micros": ledger.budget,
             "spent_micros": ledger.spent,
-            "reserved_micros": ledger.reserved,
+            "reserved_micros": ledger.reserved + ledger.holdback,  # held back after a restart counts too
             "remaining_micros": ledger.remaining,
             "target_spent_micros": int(ledger.budget * fraction),
             "period_start": w.start,

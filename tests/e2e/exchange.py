@@ -225,10 +225,8 @@ class Exchange:
     # --- events ----------------------------------------------------------------------------------------------
 
     def _schedule(self, delay: float, event: dict[str, Any]) -> None:
-        handle: asyncio.TimerHandle | None = None
-
         def fire() -> None:
-            self._timers.discard(handle)  # type: ignore[arg-type]
+            self._timers.discard(handle)
             self._enqueue(event)
 
         handle = self._loop.call_later(delay, fire)

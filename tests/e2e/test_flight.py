@@ -46,14 +46,14 @@ class Run:
 
 
 async def fly(server: PacerServer, client: httpx.AsyncClient, bidder_id: str, pacing: str, budget_share: float,
-              seed: int, run_until: float = 1.0) -> Run:
-    """Create the bidder, drive the exchange from creation until `run_until` of the flight (1.0: to the end,
-    plus TAIL_S), wait for every notice to be answered, and return the final status."""
+              seed: int) -> Run:
+    """Create the bidder, drive the exchange from creation until TAIL_S after the flight ended, wait until every
+    notice has been answered, and return the final status."""
     began = time.monotonic()
     t0 = time.time()
     start = whole_ms(t0 + LEAD_S)
     end = start + FLIGHT_S
-    offer_until = (start + run_until * FLIGHT_S + (TAIL_S if run_until >= 1.0 else 0.0)) - t0
+    offer_until = end + TAIL_S - t0
     auctions = Auctions(Traffic(), seed, duration_s=offer_until)
     unpaced = auctions.unpaced_spend(start - t0, end - t0)
     budget = int(budget_share * unpaced)
