@@ -78,7 +78,7 @@ def _error(exc: ApiError) -> JSONResponse:
 def _field(loc: tuple[int | str, ...]) -> str | None:
     parts = [str(p) for p in loc[1:]] if loc and loc[0] in ("body", "query", "path") else [str(p) for p in loc]
     # Drop pydantic's union tags ("flight"/"daily") so the field reads like the JSON path.
-    parts = [p for p in parts if p not in ("flight", "daily", "function-after[...]")]
+    parts = [p for p in parts if p not in ("flight", "daily")]
     out = ""
     for p in parts:
         out += f"[{p}]" if p.isdigit() else (f".{p}" if out else p)
@@ -218,7 +218,8 @@ class PacerApp:
             # Operator auth before FastAPI parses the body: no token, no error about the body.
             operator = scope["type"] == "http" and scope["path"].startswith("/v1/bidders")
             if operator and not _bearer_matches(scope, self._operator_token):
-                await _respond(send, ApiError(401, "unauthorized", "missing or wrong operator bearer token"))
+                error = ApiError(401, "unauthorized", "missing or wrong operator bearer token")
+                await _send_json(send, error.status, _encode(error.body()))
                 return
             await self.fastapi(scope, receive, send)
             return
@@ -231,11 +232,7 @@ class PacerApp:
             status, out = 200, await handler(await _read_body(receive))
         except ApiError as exc:
             status, out = exc.status, _encode(exc.body())
-        headers = [*_JSON, (b"content-length", str(len(out)).encode())]
-        if status == 405:
-            headers.append((b"allow", b"POST"))
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": out})
+        await _send_json(send, status, out, [(b"allow", b"POST")] if status == 405 else [])
         self.service.http.observe(scope["path"], status, time.perf_counter() - started)
 
 
@@ -246,11 +243,10 @@ def _bearer_matches(scope: Scope, token: bytes) -> bool:
     return scheme.lower() == b"bearer" and hmac.compare_digest(given.strip(), token)
 
 
-async def _respond(send: Send, exc: ApiError) -> None:
-    out = _encode(exc.body())
-    await send({"type": "http.response.start", "status": exc.status,
-                "headers": [*_JSON, (b"content-length", str(len(out)).encode())]})
-    await send({"type": "http.response.body", "body": out})
+async def _send_json(send: Send, status: int, body: bytes, extra: list[tuple[bytes, bytes]] | None = None) -> None:
+    headers = [*_JSON, (b"content-length", str(len(body)).encode()), *(extra or [])]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 async def _read_body(receive: Receive) -> bytes:

@@ -16,7 +16,7 @@ import numpy as np
 
 from pacer.clock import Clock
 from pacer.controller import Controller, ControlParams, TickInputs
-from pacer.curves import ASAP, MODES, TrafficCurve, progress_one
+from pacer.curves import MODES, TrafficCurve, progress_one
 from pacer.ledger import Ledger
 from pacer.periods import Daily, Flight, Period, Window, utc_offset, window_at
 
@@ -152,6 +152,9 @@ class Engine:
         self.bidders: dict[str, Bidder] = {}
         self._slots: list[Bidder | None] = []
         self._free: list[int] = []
+        # Slots given to a new bidder while a stepped tick is under way: the row gathered for them belongs
+        # to whoever had the slot before, so this tick leaves them alone.
+        self._fresh: set[int] = set()
         self._last_tick = clock()
         # Counters for /metrics; plain ints so the hot path pays one dict/attr increment.
         self.decisions: dict[str, int] = dict.fromkeys(("bid", *REASONS), 0)
@@ -175,6 +178,7 @@ class Engine:
                 self._slots.append(None)
             self.controller.ensure(len(self._slots))
             self.controller.reset(slot)
+            self._fresh.add(slot)
             bidder = Bidder(bidder_id, config, window, slot, spent)
             self.bidders[bidder_id] = bidder
             self._slots[slot] = bidder
@@ -304,6 +308,7 @@ class Engine:
         mode = np.zeros(n, dtype=np.int8)
         offsets: dict[str, float] = {}
         max_ttl = self.params.ttl_max_s
+        self._fresh.clear()
         for i, b in enumerate([b for b in self._slots if b is not None]):
             if i and i % chunk == 0:
                 yield
@@ -328,6 +333,7 @@ class Engine:
             )
             b.granted = b.settled_reserved = b.settled_spent = b.unmatched_spent = 0
         yield
+        active[[s for s in self._fresh if s < n]] = False
         cols = np.array(rows, dtype=np.float64).T
         budget, spent, reserved, holdback, start, end, offset_s, w_start, w_end = cols[:9]
         ahead = np.minimum(now + self.controller.horizon(start, end), end)
@@ -370,10 +376,7 @@ class Engine:
         ledger = bidder.ledger
         tz = bidder.timezone
         weight_now = float(self.curve.weight(np.array([now + utc_offset(tz, now)]))[0])
-        if bidder.mode == ASAP:
-            fraction = 1.0
-        else:
-            fraction = progress_one(bidder.mode, now, w.start, w.end, (weight_now, *bidder.weights))
+        fraction = progress_one(bidder.mode, now, w.start, w.end, (weight_now, *bidder.weights))
         return {
             "bidder_id": bidder_id,
             "state": bidder.state(now),

@@ -424,3 +424,16 @@ async def test_events_store_unavailable(
     monkeypatch.undo()
     assert (await get_bidder(client, "b1"))["spent_micros"] == 0
     assert await send_events(client, win("b1", "a1", 100)) == {"accepted": 1, "duplicates": 0}
+
+
+async def test_reservations_open_at_shutdown_are_held_back_after_a_restart(make_app: Callable[..., PacerApp]) -> None:
+    """Wins on auctions granted before a restart must not overspend: their money stays held until it expires."""
+    async with serve(make_app()) as client:
+        await put_bidder(client, "b", budget_micros=1_000_000)
+        assert (await bid(client, "b", "before", 400_000))["bid_micros"] == 400_000
+    async with serve(make_app()) as client:
+        assert (await get_bidder(client, "b"))["reserved_micros"] == 400_000
+        assert (await bid(client, "b", "after", 900_000))["bid_micros"] == 600_000  # not 900_000
+        await send_events(client, win("b", "before", 300_000))  # unknown to this process, still charged
+        status = await get_bidder(client, "b")
+        assert (status["spent_micros"], status["reserved_micros"]) == (300_000, 600_000 + 100_000)

@@ -186,3 +186,19 @@ class EngineMachine(RuleBasedStateMachine):
 
 TestEngineMachine = EngineMachine.TestCase
 TestEngineMachine.settings = settings(max_examples=60, stateful_step_count=40, deadline=None)
+
+
+def test_a_slot_reused_during_a_stepped_tick_is_not_updated_with_its_old_owners_row() -> None:
+    eng, clock = engine()
+    for i in range(3):
+        eng.configure(f"b{i}", flight(10**9))
+    eng.bidders["b0"].granted = 10**9  # the old owner overspent: its row would push u down
+    clock.advance(0.1)
+    steps = eng.tick_steps(chunk=1)
+    next(steps)  # b0 (slot 0) gathered; bids could be served here
+    eng.remove("b0")
+    eng.configure("new", flight(10**9))  # takes slot 0
+    for _ in steps:
+        pass
+    assert eng.bidders["new"].slot == 0
+    assert eng.controller.u[0] == 0.0 and eng.bidders["new"].multiplier == 1.0
