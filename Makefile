@@ -11,7 +11,7 @@ $(BIN)/python:
 	$(BIN)/pip install -q --upgrade pip
 
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -e '.[test,replay]'
 	touch $(STAMP)
 
 serve: $(STAMP) ## run the service on 127.0.0.1:8080, embedded SQLite store

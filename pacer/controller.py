@@ -67,43 +67,58 @@ class TickInputs:
     unmatched_spent: F64  # win prices with no open reservation (late, unknown auction)
 
 
-class Controller:
-    """Holds the per-bidder control state (u, observed rate, conversion) in arrays indexed by slot."""
+class ControlLaw:
+    """Per-bidder control state in arrays indexed by slot, and the two signals the hot path reads: `throttle`
+    (participation probability) and `multiplier` (share of the requested bid). The engine calls `update` once
+    per tick; a law sets both arrays for the active slots. pacer's own law is `Controller`; the published
+    baselines that replay compares it with (pacer/replay/baselines.py) are other subclasses."""
+
+    name = "base"
+    STATE: tuple[tuple[str, float], ...] = (("throttle", 1.0), ("multiplier", 1.0))
 
     def __init__(self, params: ControlParams | None = None, capacity: int = 1024) -> None:
         self.params = params or ControlParams()
-        self.u = np.zeros(capacity)
-        self.rate = np.zeros(capacity)
-        self.conv_num = np.zeros(capacity)
-        self.conv_den = np.zeros(capacity)
-        self.throttle = np.ones(capacity)
-        self.multiplier = np.ones(capacity)
+        for attr, fill in self.STATE:
+            setattr(self, attr, np.full(capacity, fill))
+        self.throttle: F64
+        self.multiplier: F64
 
     def ensure(self, capacity: int) -> None:
         """Grow the arrays to hold `capacity` slots (amortised doubling)."""
-        have = self.u.shape[0]
+        have = self.throttle.shape[0]
         if capacity <= have:
             return
         new = max(capacity, 2 * have)
-        for name, fill in (("u", 0.0), ("rate", 0.0), ("conv_num", 0.0), ("conv_den", 0.0),
-                           ("throttle", 1.0), ("multiplier", 1.0)):
-            old = getattr(self, name)
+        for attr, fill in self.STATE:
             grown = np.full(new, fill)
-            grown[:have] = old
-            setattr(self, name, grown)
+            grown[:have] = getattr(self, attr)
+            setattr(self, attr, grown)
 
     def reset(self, slot: int) -> None:
-        """A new bidder in a reused slot starts from full bids and the conversion prior."""
-        self.u[slot] = 0.0
-        self.rate[slot] = 0.0
-        self.conv_num[slot] = 0.0
-        self.conv_den[slot] = 0.0
-        self.throttle[slot] = 1.0
-        self.multiplier[slot] = 1.0
+        """A new bidder in a reused slot starts from the initial state (full bids)."""
+        for attr, fill in self.STATE:
+            getattr(self, attr)[slot] = fill
 
     def horizon(self, start: F64, end: F64) -> F64:
         p = self.params
         return np.clip(p.horizon_frac * (end - start), p.horizon_min, p.horizon_max)
+
+    def update(self, now: float, dt: float, x: TickInputs, inflight_s: float = 0.0) -> None:
+        raise NotImplementedError
+
+
+class Controller(ControlLaw):
+    """pacer's control law (see the module docstring)."""
+
+    name = "pacer"
+    STATE = (("u", 0.0), ("rate", 0.0), ("conv_num", 0.0), ("conv_den", 0.0), *ControlLaw.STATE)
+
+    def __init__(self, params: ControlParams | None = None, capacity: int = 1024) -> None:
+        super().__init__(params, capacity)
+        self.u: F64
+        self.rate: F64
+        self.conv_num: F64
+        self.conv_den: F64
 
     def conversion(self, n: int) -> F64:
         """Share of reserved micros that recently became spend; the prior until a reservation settles."""

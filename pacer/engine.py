@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from pacer.clock import Clock
-from pacer.controller import Controller, ControlParams, TickInputs
+from pacer.controller import ControlLaw, Controller, ControlParams, TickInputs
 from pacer.curves import MODES, TrafficCurve, progress_one
 from pacer.ledger import Ledger
 from pacer.periods import Daily, Flight, Period, Window, utc_offset, window_at
@@ -142,11 +142,13 @@ class Engine:
         params: EngineParams | None = None,
         curve: TrafficCurve | None = None,
         rng: random.Random | None = None,
+        controller: ControlLaw | None = None,
     ) -> None:
         self.clock = clock
         self.params = params or EngineParams()
         self.curve = curve or TrafficCurve.flat()
-        self.controller = Controller(self.params.control)
+        # The control law is pluggable only so replay can run published baselines through this same engine.
+        self.controller = controller or Controller(self.params.control)
         self.delays = DelayTracker(self.params)
         self._random = (rng or random.Random()).random
         self.bidders: dict[str, Bidder] = {}
