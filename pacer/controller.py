@@ -1,17 +1,20 @@
-"""controller.py: the control law. Every tick, for all bidders at once, turn (target curve, committed spend,
-recent spend rate) into a bid multiplier and a participation probability.
+"""controller.py: the control law. Every tick, for all bidders at once, turn (target curve, committed spend)
+into a bid multiplier and a participation probability.
 
-Vectorised numpy; no I/O, no per-bidder Python loops.
+Vectorised numpy; no I/O, no per-bidder Python loops. Tick-rate invariant: every gain is per second.
 
-The law, per bidder with period [start, end) and budget B:
+The law, per bidder with period [start, end), budget B and target curve F:
 - committed = spent + holdback + in-flight spend. Reserved money is not spent money: most open reservations
   of an exchange without loss notices are dead losses waiting to expire. By Little's law the spend still in
-  flight is the expected spend rate times the mean win-notice delay (at most what is reserved); the expected
-  spend of a grant is its micros times `conv`, the share of reserved micros that recently became spend.
-- Re-plan: aim to be on the target curve one horizon H ahead: desired rate = (B * F(t + H) - committed) / H,
-  at most `burst_cap` times the curve's own rate (no end-of-period burst to spend a backlog at once).
-- Dual step in log space (Balseiro & Gur's adaptive pacing, multiplicative form): u += gain * log(desired /
-  observed), bounded per tick. `observed` is the expected spend rate of the grants of the last ticks.
+  flight is the recent spend rate times the mean win-notice delay (at most what is reserved).
+- The error is how far committed spend is from the curve, in units of the spend the curve plans over the next
+  horizon H (5% of the period, at most 15 min): e = (committed - B F(t)) / (B (F(t+H) - F(t))). The unit is
+  never less than a few typical wins, so a bidder that wins rarely is not jerked around by each win.
+- PI control of the log bid multiplier: u = u_I - k_P e, du_I/dt = -k_P e / (4 H). Cumulative spend is the
+  integral of the spend rate, so the plant is an integrator and P alone is stable; the slow integral finds the
+  steady multiplier (the Lagrange multiplier of the budget, as in Balseiro & Gur's dual pacing), so once on
+  the curve the bid stays put, which is what buys the most value: the hindsight optimum bids one constant
+  fraction of value. Noise enters through the cumulative error only, never through a noisy rate estimate.
 - u maps to the bid first, participation last: multiplier m = e^u down to `m_min`; only below that does the
   throttle p fall. Shading buys the cheapest impressions; random skipping buys average ones.
 """
@@ -32,17 +35,16 @@ F64 = npt.NDArray[np.float64]
 class ControlParams:
     m_min: float = 0.05  # lowest bid multiplier before throttling starts
     p_min: float = 1e-4  # lowest participation probability (keeps a trickle of feedback)
-    horizon_frac: float = 0.05  # catch-up horizon H as a share of the period...
+    horizon_frac: float = 0.05  # the error's horizon H as a share of the period...
     horizon_min: float = 1.0  # ...but at least this (s)
     horizon_max: float = 900.0  # ...and at most this (s)
-    burst_cap: float = 3.0  # desired rate <= burst_cap * the curve's rate
-    rate_tau_frac: float = 0.01  # time constant of the observed-rate average, as a share of the period
-    rate_tau_min: float = 0.2  # (s)
-    rate_tau_max: float = 60.0  # (s)
-    gain: float = 0.3  # dual step size on log(desired / observed)
-    max_step: float = 0.4  # |du| per tick (e^0.4 = x1.5)
-    conv_prior: float = 0.3  # share of reserved micros expected to become spend before any settles
-    conv_tau: float = 60.0  # (s) memory of the conversion estimate
+    k_p: float = 1.5  # change of log multiplier per horizon of error (tuned on the replay benchmark)
+    integral_horizons: float = 4.0  # integral time, in horizons (damping: > 1 / (elasticity * k_p))
+    error_wins: float = 8.0  # the error's unit is at least this many typical wins
+    error_clip: float = 1.5  # |e| fed to the integral is at most this
+    burst_cap: float = 3.0  # ahead of the curve at more than this times its rate: the burst guard acts
+    rate_tau: float = 60.0  # (s) time constant of the spend-rate average used for in-flight spend
+    price_alpha: float = 0.05  # weight of each tick's mean win price in the typical-win estimate
 
 
 @dataclass(slots=True)
@@ -65,6 +67,7 @@ class TickInputs:
     settled_reserved: F64  # reservation micros resolved since the last tick (win, loss, expiry)
     settled_spent: F64  # win prices of those resolved by a win
     unmatched_spent: F64  # win prices with no open reservation (late, unknown auction)
+    wins: F64  # wins charged since the last tick (matched or not)
 
 
 class ControlLaw:
@@ -111,19 +114,14 @@ class Controller(ControlLaw):
     """pacer's control law (see the module docstring)."""
 
     name = "pacer"
-    STATE = (("u", 0.0), ("rate", 0.0), ("conv_num", 0.0), ("conv_den", 0.0), *ControlLaw.STATE)
+    STATE = (("u_i", 0.0), ("rate", 0.0), ("price", 0.0), ("error", 0.0), *ControlLaw.STATE)
 
     def __init__(self, params: ControlParams | None = None, capacity: int = 1024) -> None:
         super().__init__(params, capacity)
-        self.u: F64
-        self.rate: F64
-        self.conv_num: F64
-        self.conv_den: F64
-
-    def conversion(self, n: int) -> F64:
-        """Share of reserved micros that recently became spend; the prior until a reservation settles."""
-        den = self.conv_den[:n]
-        return np.where(den > 0, self.conv_num[:n] / np.maximum(den, 1e-12), self.params.conv_prior)
+        self.u_i: F64  # integral part of the log multiplier
+        self.rate: F64  # recent spend rate (micros/s)
+        self.price: F64  # typical win price (micros); 0 until a win
+        self.error: F64  # last error e, for status and plots
 
     def update(self, now: float, dt: float, x: TickInputs, inflight_s: float = 0.0) -> None:
         """Advance every active bidder's state by one tick of `dt` seconds; `inflight_s` is the mean delay
@@ -133,34 +131,43 @@ class Controller(ControlLaw):
         sl = slice(0, n)
         dt = max(dt, 1e-6)
 
-        decay = np.exp(-dt / p.conv_tau)
-        self.conv_num[sl] = self.conv_num[sl] * decay + x.settled_spent
-        self.conv_den[sl] = self.conv_den[sl] * decay + x.settled_reserved
-        conv = self.conversion(n)
-
-        length = np.maximum(x.end - x.start, 1e-6)
-        horizon = self.horizon(x.start, x.end)
-        left = np.maximum(x.end - now, dt)
-        ahead = np.minimum(horizon, left)
-        f_now = progress(x.mode, np.full(n, now), x.start, x.end, x.weight_now, x.weight_start, x.weight_end)
-        f_ahead = progress(x.mode, np.minimum(now + ahead, x.end), x.start, x.end,
-                           x.weight_ahead, x.weight_start, x.weight_end)
-        curve_rate = x.budget * np.maximum(f_ahead - f_now, 0.0) / ahead
-        # A floor of a small share of the even rate keeps log() finite and lets a stalled bidder recover.
-        floor = np.maximum(1e-3 * x.budget / length, 1e-9)
-        tau = np.clip(p.rate_tau_frac * length, p.rate_tau_min, p.rate_tau_max)
-        alpha = 1.0 - np.exp(-dt / tau)
-        spend_signal = (x.granted * conv + x.unmatched_spent) / dt
-        rate = self.rate[sl] + alpha * (spend_signal - self.rate[sl])
+        spend = x.settled_spent + x.unmatched_spent
+        rate = self.rate[sl] + (1.0 - np.exp(-dt / p.rate_tau)) * (spend / dt - self.rate[sl])
+        won = x.wins > 0
+        tick_price = spend / np.maximum(x.wins, 1.0)
+        price = np.where(won & (self.price[sl] > 0), self.price[sl] + p.price_alpha * (tick_price - self.price[sl]),
+                         np.where(won, tick_price, self.price[sl]))
         committed = x.spent + x.holdback + np.minimum(rate * inflight_s, x.reserved)
-        desired = np.maximum(x.budget * f_ahead - committed, 0.0) / ahead
-        desired = np.minimum(desired, p.burst_cap * curve_rate + floor) + floor
-        step = np.clip(p.gain * np.log(desired / (rate + floor)), -p.max_step, p.max_step)
-        log_m_min = np.log(p.m_min)
-        u = np.clip(self.u[sl] + step, log_m_min + np.log(p.p_min), 0.0)
+
+        horizon = self.horizon(x.start, x.end)
+        f_now = progress(x.mode, np.full(n, now), x.start, x.end, x.weight_now, x.weight_start, x.weight_end)
+        f_ahead = progress(x.mode, np.minimum(now + horizon, x.end), x.start, x.end,
+                           x.weight_ahead, x.weight_start, x.weight_end)
+        # The horizon's planned spend, as if the curve went on at its current pace past the end of the period.
+        planned = x.budget * np.maximum(f_ahead - f_now, 0.0) * horizon / np.maximum(
+            np.minimum(horizon, x.end - now), dt)
+        unit = np.maximum(np.maximum(planned, p.error_wins * price), 1e-3 * x.budget + 1e-9)
+        error = (committed - x.budget * f_now) / unit
+        # The integral learns the steady multiplier only while the gap is not closing within two horizons at the
+        # current rate (anti-windup): waiting for the curve after a burst, or catching up after a stall, is the
+        # P term's job and teaches it nothing; a gap that stays open is the integral's.
+        planned_rate = planned / horizon
+        closing = np.sign(error) * (planned_rate - rate) * 2.0 * horizon >= np.abs(error) * unit
+        clipped = np.clip(error, -p.error_clip, p.error_clip)
+        u_i = self.u_i[sl] - np.where(closing, 0.0, p.k_p * clipped * dt / (p.integral_horizons * horizon))
+        cap_rate = np.maximum(p.burst_cap * planned_rate, 1e-12)
+        burst = (error > 1.0) & (rate > cap_rate)
+        u_i -= np.where(burst, np.log(np.maximum(rate, 1e-12) / cap_rate) * dt / p.rate_tau, 0.0)
+        floor = np.log(p.m_min) + np.log(p.p_min)
+        u_i = np.clip(u_i, floor, 0.0)
+        u = np.clip(u_i - p.k_p * error, floor, 0.0)
 
         paced = x.active & (x.mode != ASAP)
-        self.rate[sl] = np.where(x.active, rate, self.rate[sl])
-        self.u[sl] = np.where(paced, u, self.u[sl])
-        self.multiplier[sl] = np.where(paced, np.exp(np.maximum(self.u[sl], log_m_min)), 1.0)
-        self.throttle[sl] = np.where(paced, np.exp(np.minimum(self.u[sl] - log_m_min, 0.0)), 1.0)
+        active = x.active
+        self.rate[sl] = np.where(active, rate, self.rate[sl])
+        self.price[sl] = np.where(active, price, self.price[sl])
+        self.error[sl] = np.where(paced, error, 0.0)
+        self.u_i[sl] = np.where(paced, u_i, self.u_i[sl])
+        log_m_min = np.log(p.m_min)
+        self.multiplier[sl] = np.where(paced, np.exp(np.maximum(u, log_m_min)), 1.0)
+        self.throttle[sl] = np.where(paced, np.exp(np.minimum(u - log_m_min, 0.0)), 1.0)

@@ -104,9 +104,3 @@ def progress(
     out = np.where(mode == FRONTLOAD, front, x)
     out = np.where(mode == TRAFFIC, traffic, out)
     return np.where(mode == ASAP, 1.0, out)
-
-
-def progress_one(mode: int, t: float, start: float, end: float, weights: tuple[float, float, float]) -> float:
-    """Scalar progress for one bidder (status pages); `weights` as in progress()."""
-    arrays = (np.array([v]) for v in (t, start, end, *weights))
-    return float(progress(np.array([mode], dtype=np.int8), *arrays)[0])

@@ -13,14 +13,16 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
+import numpy.typing as npt
 
 from pacer.clock import Clock
 from pacer.controller import ControlLaw, Controller, ControlParams, TickInputs
-from pacer.curves import MODES, TrafficCurve, progress_one
+from pacer.curves import MODES, TrafficCurve, progress
 from pacer.ledger import Ledger
 from pacer.periods import Daily, Flight, Period, Window, utc_offset, window_at
 
-_IDLE = (0.0,) * 13  # a free slot: zero budget, masked inactive
+F64 = npt.NDArray[np.float64]
+_IDLE = (0.0,) * 14  # a free slot: zero budget, masked inactive
 TICK_CHUNK = 1000
 REASONS = ("paced", "exhausted", "paused", "not_active", "unknown_bidder", "no_budget")
 PACED, EXHAUSTED, PAUSED, NOT_ACTIVE, UNKNOWN_BIDDER, NO_BUDGET = REASONS
@@ -56,11 +58,13 @@ class DelayTracker:
     """
 
     SIZE = 2048
+    REFRESH_EVERY = 32
 
     def __init__(self, params: EngineParams) -> None:
         self._params = params
         self._delays = np.zeros(self.SIZE)
         self._count = 0
+        self._refreshed = 0
         self.ttl = params.ttl_initial_s
 
     def observe(self, delay: float) -> None:
@@ -73,8 +77,12 @@ class DelayTracker:
         return float(self._delays[: min(self._count, self.SIZE)].mean()) if self._count else 0.0
 
     def refresh(self) -> float:
+        """Recompute the TTL when the delays seen have doubled, then every REFRESH_EVERY new ones (a quantile per
+        tick would be the tick's main cost for a small fleet)."""
         p = self._params
-        if self._count:
+        new = self._count - self._refreshed
+        if new and (new >= self.REFRESH_EVERY or self._count >= 2 * self._refreshed):
+            self._refreshed = self._count
             seen = self._delays[: min(self._count, self.SIZE)]
             q = float(np.quantile(seen, p.ttl_quantile))
             self.ttl = min(max(q * p.ttl_factor, p.ttl_min_s), p.ttl_max_s)
@@ -99,6 +107,7 @@ class Bidder:
         "unmatched_spent",
         "weights",
         "window",
+        "wins",
     )
 
     def __init__(self, bidder_id: str, config: BidderConfig, window: Window, slot: int, spent: int) -> None:
@@ -111,6 +120,7 @@ class Bidder:
         self.settled_reserved = 0
         self.settled_spent = 0
         self.unmatched_spent = 0
+        self.wins = 0
         self.config = config
         self.mode = MODES[config.pacing]
         self.window = window
@@ -267,6 +277,7 @@ class Engine:
         capture = bidder.ledger.capture(auction_id, price_micros, self.clock())
         if capture.delay is not None:
             self.delays.observe(capture.delay)
+        bidder.wins += 1
         if capture.matched:
             bidder.settled_reserved += capture.reserved_micros
             bidder.settled_spent += price_micros
@@ -331,9 +342,9 @@ class Engine:
             rows[s] = (
                 ledger.budget, ledger.spent, ledger.reserved, ledger.holdback, b.window.start, b.window.end,
                 offset, b.weights[0], b.weights[1], b.granted, b.settled_reserved, b.settled_spent,
-                b.unmatched_spent,
+                b.unmatched_spent, b.wins,
             )
-            b.granted = b.settled_reserved = b.settled_spent = b.unmatched_spent = 0
+            b.granted = b.settled_reserved = b.settled_spent = b.unmatched_spent = b.wins = 0
         yield
         active[[s for s in self._fresh if s < n]] = False
         cols = np.array(rows, dtype=np.float64).T
@@ -344,6 +355,7 @@ class Engine:
             start=start, end=end, weight_now=self.curve.weight(now + offset_s),
             weight_ahead=self.curve.weight(ahead + offset_s), weight_start=w_start, weight_end=w_end,
             granted=cols[9], settled_reserved=cols[10], settled_spent=cols[11], unmatched_spent=cols[12],
+            wins=cols[13],
         )
         self.controller.update(now, dt, inputs, self.delays.mean)
         yield
@@ -367,6 +379,18 @@ class Engine:
         bidder.throttle = float(ctl.throttle[bidder.slot])
         bidder.multiplier = float(ctl.multiplier[bidder.slot])
 
+    def target(self, bidder: Bidder, times: F64, window: Window | None = None) -> F64:
+        """The share of the budget the bidder's curve says should be spent by each of `times` in `window`
+        (default: its current period). Status pages and replay metrics read the curve the tick steers to."""
+        w = window or bidder.window
+        tz = bidder.timezone
+        edges = np.array([w.start + utc_offset(tz, w.start), w.end + utc_offset(tz, w.end)])
+        start_w, end_w = self.curve.weight(edges) if window else bidder.weights
+        local = times + np.array([utc_offset(tz, t) for t in times.tolist()])
+        full = np.ones_like(times)
+        return progress(np.full(times.shape, bidder.mode, dtype=np.int8), times, full * w.start, full * w.end,
+                        self.curve.weight(local), full * start_w, full * end_w)
+
     # --- status ----------------------------------------------------------------------------------------------
 
     def status(self, bidder_id: str) -> dict[str, object] | None:
@@ -376,9 +400,7 @@ class Engine:
         now = self.clock()
         w = bidder.window
         ledger = bidder.ledger
-        tz = bidder.timezone
-        weight_now = float(self.curve.weight(np.array([now + utc_offset(tz, now)]))[0])
-        fraction = progress_one(bidder.mode, now, w.start, w.end, (weight_now, *bidder.weights))
+        fraction = float(self.target(bidder, np.array([now], dtype=np.float64))[0])
         return {
             "bidder_id": bidder_id,
             "state": bidder.state(now),

@@ -201,4 +201,4 @@ def test_a_slot_reused_during_a_stepped_tick_is_not_updated_with_its_old_owners_
     for _ in steps:
         pass
     assert eng.bidders["new"].slot == 0
-    assert eng.controller.u[0] == 0.0 and eng.bidders["new"].multiplier == 1.0
+    assert eng.controller.u_i[0] == 0.0 and eng.bidders["new"].multiplier == 1.0
