@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test lint fmt bench clean
+.PHONY: serve test lint fmt bench bench-quality clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,9 @@ test: $(STAMP) ## lint + the whole test suite
 	@command -v redis-server >/dev/null || echo "note: redis-server not found; tests that need it are skipped. Install it: apt-get install -y redis-server"
 	$(BIN)/ruff check pacer tests loadtest
 	$(BIN)/python -m pytest -q
+
+bench-quality: $(STAMP) ## pacing quality: pacer vs the published baselines on fixed seeds (~5 min)
+	$(BIN)/python -m pacer.replay.bench --out bench-quality
 
 lint: $(STAMP)
 	$(BIN)/ruff check pacer tests loadtest

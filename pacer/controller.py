@@ -34,6 +34,8 @@ F64 = npt.NDArray[np.float64]
 @dataclass(frozen=True, slots=True)
 class ControlParams:
     m_min: float = 0.05  # lowest bid multiplier before throttling starts
+    m_start: float = 0.3  # a new bidder starts here: behind the curve costs only time (the P term catches up
+    # within minutes, cheapest impressions first), ahead of it buys the dearest impressions of the period
     p_min: float = 1e-4  # lowest participation probability (keeps a trickle of feedback)
     horizon_frac: float = 0.05  # the error's horizon H as a share of the period...
     horizon_min: float = 1.0  # ...but at least this (s)
@@ -97,8 +99,8 @@ class ControlLaw:
             grown[:have] = getattr(self, attr)
             setattr(self, attr, grown)
 
-    def reset(self, slot: int) -> None:
-        """A new bidder in a reused slot starts from the initial state (full bids)."""
+    def reset(self, slot: int, mode: int = ASAP) -> None:
+        """A new bidder (maybe in a reused slot) starts from the initial state (full bids)."""
         for attr, fill in self.STATE:
             getattr(self, attr)[slot] = fill
 
@@ -122,6 +124,12 @@ class Controller(ControlLaw):
         self.rate: F64  # recent spend rate (micros/s)
         self.price: F64  # typical win price (micros); 0 until a win
         self.error: F64  # last error e, for status and plots
+
+    def reset(self, slot: int, mode: int = ASAP) -> None:
+        super().reset(slot, mode)
+        if mode != ASAP:
+            self.u_i[slot] = np.log(self.params.m_start)
+            self.multiplier[slot] = self.params.m_start
 
     def update(self, now: float, dt: float, x: TickInputs, inflight_s: float = 0.0) -> None:
         """Advance every active bidder's state by one tick of `dt` seconds; `inflight_s` is the mean delay

@@ -189,7 +189,7 @@ class Engine:
             if slot == len(self._slots):
                 self._slots.append(None)
             self.controller.ensure(len(self._slots))
-            self.controller.reset(slot)
+            self.controller.reset(slot, MODES[config.pacing])
             self._fresh.add(slot)
             bidder = Bidder(bidder_id, config, window, slot, spent)
             self.bidders[bidder_id] = bidder

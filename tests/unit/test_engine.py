@@ -16,6 +16,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from pacer.api.bidder import events
 from pacer.clock import ManualClock
+from pacer.controller import ControlParams
 from pacer.engine import BidderConfig, Engine, EngineParams
 from pacer.periods import Daily, Flight
 from pacer.store.sqlite import SqliteStore
@@ -24,8 +25,10 @@ T0 = 1_800_000_000.0
 
 
 def engine(**params: float) -> tuple[Engine, ManualClock]:
+    """An engine whose new bidders bid in full (m_start=1), so grants equal requests until the first tick."""
     clock = ManualClock(T0)
-    return Engine(clock, EngineParams(**params), rng=random.Random(7)), clock  # type: ignore[arg-type]
+    full = EngineParams(**params, control=ControlParams(m_start=1.0))  # type: ignore[arg-type]
+    return Engine(clock, full, rng=random.Random(7)), clock
 
 
 def flight(budget: int = 10_000, **kw: object) -> BidderConfig:
@@ -201,4 +204,4 @@ def test_a_slot_reused_during_a_stepped_tick_is_not_updated_with_its_old_owners_
     for _ in steps:
         pass
     assert eng.bidders["new"].slot == 0
-    assert eng.controller.u_i[0] == 0.0 and eng.bidders["new"].multiplier == 1.0
+    assert eng.controller.u_i[0] == 0.0 and eng.bidders["new"].multiplier == 1.0  # a fresh start (m_start=1)
