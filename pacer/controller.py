@@ -65,8 +65,6 @@ class TickInputs:
     weight_ahead: F64  # ... at local now + horizon
     weight_start: F64
     weight_end: F64
-    granted: F64  # micros granted (reserved) since the last tick
-    settled_reserved: F64  # reservation micros resolved since the last tick (win, loss, expiry)
     settled_spent: F64  # win prices of those resolved by a win
     unmatched_spent: F64  # win prices with no open reservation (late, unknown auction)
     wins: F64  # wins charged since the last tick (matched or not)

@@ -22,7 +22,7 @@ from pacer.ledger import Ledger
 from pacer.periods import Daily, Flight, Period, Window, utc_offset, window_at
 
 F64 = npt.NDArray[np.float64]
-_IDLE = (0.0,) * 14  # a free slot: zero budget, masked inactive
+_IDLE = (0.0,) * 12  # a free slot: zero budget, masked inactive
 TICK_CHUNK = 1000
 REASONS = ("paced", "exhausted", "paused", "not_active", "unknown_bidder", "no_budget")
 PACED, EXHAUSTED, PAUSED, NOT_ACTIVE, UNKNOWN_BIDDER, NO_BUDGET = REASONS
@@ -96,11 +96,9 @@ class Bidder:
         "bidder_id",
         "config",
         "ends_at",
-        "granted",
         "ledger",
         "mode",
         "multiplier",
-        "settled_reserved",
         "settled_spent",
         "slot",
         "throttle",
@@ -116,9 +114,7 @@ class Bidder:
         self.ledger = Ledger(config.budget_micros, spent)
         self.throttle = 1.0
         self.multiplier = 1.0
-        self.granted = 0  # tallies since the last tick, read and zeroed by the tick
-        self.settled_reserved = 0
-        self.settled_spent = 0
+        self.settled_spent = 0  # tallies since the last tick, read and zeroed by the tick
         self.unmatched_spent = 0
         self.wins = 0
         self.config = config
@@ -258,7 +254,6 @@ class Engine:
         if price > available:
             price = available
         ledger.reserve(auction_id, price, now)
-        bidder.granted += price
         self.decisions["bid"] += 1
         return price, ""
 
@@ -279,7 +274,6 @@ class Engine:
             self.delays.observe(capture.delay)
         bidder.wins += 1
         if capture.matched:
-            bidder.settled_reserved += capture.reserved_micros
             bidder.settled_spent += price_micros
         else:
             self.late_wins += 1
@@ -295,7 +289,7 @@ class Engine:
             self.losses += 1
         bidder = self.bidders.get(bidder_id)
         if bidder is not None:
-            bidder.settled_reserved += bidder.ledger.release(auction_id)
+            bidder.ledger.release(auction_id)
 
     # --- the tick --------------------------------------------------------------------------------------------
 
@@ -329,9 +323,7 @@ class Engine:
                 self._roll(b, now)
             ledger = b.ledger
             freed = ledger.expire(now, ttl, max_ttl)
-            if freed:
-                self.expired_micros += freed
-                b.settled_reserved += freed
+            self.expired_micros += freed
             tz = b.config.period.timezone
             offset = offsets.get(tz)
             if offset is None:
@@ -341,10 +333,10 @@ class Engine:
             mode[s] = b.mode
             rows[s] = (
                 ledger.budget, ledger.spent, ledger.reserved, ledger.holdback, b.window.start, b.window.end,
-                offset, b.weights[0], b.weights[1], b.granted, b.settled_reserved, b.settled_spent,
+                offset, b.weights[0], b.weights[1], b.settled_spent,
                 b.unmatched_spent, b.wins,
             )
-            b.granted = b.settled_reserved = b.settled_spent = b.unmatched_spent = b.wins = 0
+            b.settled_spent = b.unmatched_spent = b.wins = 0
         yield
         active[[s for s in self._fresh if s < n]] = False
         cols = np.array(rows, dtype=np.float64).T
@@ -354,8 +346,7 @@ class Engine:
             active=active, mode=mode, budget=budget, spent=spent, reserved=reserved, holdback=holdback,
             start=start, end=end, weight_now=self.curve.weight(now + offset_s),
             weight_ahead=self.curve.weight(ahead + offset_s), weight_start=w_start, weight_end=w_end,
-            granted=cols[9], settled_reserved=cols[10], settled_spent=cols[11], unmatched_spent=cols[12],
-            wins=cols[13],
+            settled_spent=cols[9], unmatched_spent=cols[10], wins=cols[11],
         )
         self.controller.update(now, dt, inputs, self.delays.mean)
         yield

@@ -61,7 +61,7 @@ def windows(result: ReplayResult, bidder_id: str) -> list[Window]:
     """The periods of a bidder the log covers."""
     period = result.configs[bidder_id].period
     if isinstance(period, Flight):
-        return [Window(period.start, period.end, f"flight:{int(period.start)}")]
+        return [window_at(period, period.start)]
     first, last = float(result.log.ts[0]), float(result.log.ts[-1])
     out = [window_at(period, first)]
     while out[-1].end <= last:

@@ -47,7 +47,7 @@ def inputs(n: int, spent: object, paid: object, mode: object = EVEN, active: obj
         "active": np.broadcast_to(np.asarray(active, dtype=np.bool_), (n,)).copy(),
         "mode": np.broadcast_to(np.asarray(mode, dtype=np.int8), (n,)).copy(),
         "budget": col(budget), "spent": col(spent), "start": col(start), "end": col(end),
-        "granted": col(paid), "settled_reserved": col(paid), "settled_spent": col(paid),
+        "settled_spent": col(paid),
         **{k: col(v) for k, v in cols.items()},
     }
     # Every other per-slot column (reservations, traffic weights, counters) is zero: the baselines read none.

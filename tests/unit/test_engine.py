@@ -195,7 +195,7 @@ def test_a_slot_reused_during_a_stepped_tick_is_not_updated_with_its_old_owners_
     eng, clock = engine()
     for i in range(3):
         eng.configure(f"b{i}", flight(10**9))
-    eng.bidders["b0"].granted = 10**9  # the old owner overspent: its row would push u down
+    eng.bidders["b0"].ledger.spent = 5 * 10**8  # the old owner is far ahead of its curve: its row would push u down
     clock.advance(0.1)
     steps = eng.tick_steps(chunk=1)
     next(steps)  # b0 (slot 0) gathered; bids could be served here

@@ -81,25 +81,23 @@ def test_first_price_pays_the_granted_bid_and_exhaustion_time_is_reported() -> N
     assert m["exhausted_at"] == rfc3339(T0 + 3000)
 
 
-def test_replay_is_deterministic_for_a_seed() -> None:
+def test_replay_is_deterministic_for_a_seed(tmp_path: Path) -> None:
     spec = SyntheticSpec.parse("bidders=2,days=0.05,auctions_per_day=100000,seed=5")
     log, bodies = generate(spec, MODELS)
     again, bodies_again = generate(spec, MODELS)
     assert bodies == bodies_again and np.array_equal(log.bid, again.bid) and np.array_equal(log.ts, again.ts)
-    configs = load_bidders_from(bodies)
+    configs = load_bidders_from(bodies, tmp_path)
     a = replay(log, configs, PRIOR, ReplayOptions(seed=3))
     b = replay(log, configs, PRIOR, ReplayOptions(seed=3))
     assert np.array_equal(a.granted, b.granted) and np.array_equal(a.price, b.price)
     assert metrics(a) == metrics(b)
 
 
-def load_bidders_from(bodies: dict[str, dict[str, object]], tmp: Path | None = None) -> dict[str, BidderConfig]:
-    path = (tmp or Path("/tmp")) / f"bidders-{id(bodies)}.json"
+def load_bidders_from(bodies: dict[str, dict[str, object]], tmp: Path) -> dict[str, BidderConfig]:
+    """Through a BIDDERS.json file, as `pacer replay --bidders` reads it."""
+    path = tmp / "bidders.json"
     path.write_text(json.dumps(bodies))
-    try:
-        return load_bidders(path)
-    finally:
-        path.unlink()
+    return load_bidders(path)
 
 
 def test_replay_runs_the_service_engine_and_control_law(tmp_path: Path) -> None:
@@ -112,10 +110,10 @@ def test_replay_runs_the_service_engine_and_control_law(tmp_path: Path) -> None:
     assert result.engine.controller.params == served.controller.params == ControlParams()
 
 
-def test_pacer_buys_more_value_than_throttling_and_delivers() -> None:
+def test_pacer_buys_more_value_than_throttling_and_delivers(tmp_path: Path) -> None:
     spec = SyntheticSpec.parse("bidders=2,days=0.25,budget_fractions=[0.1],auctions_per_day=60000,seed=2")
     log, bodies = generate(spec, MODELS)
-    configs = load_bidders_from(bodies)
+    configs = load_bidders_from(bodies, tmp_path)
     paced = metrics(replay(log, configs, PRIOR))["bidders"]
     throttled = metrics(replay(log, configs, PRIOR, ReplayOptions(strategy="throttle")))["bidders"]
     for b in paced:
