@@ -34,9 +34,11 @@ from pacer.config import Settings
 from pacer.controller import ControlParams
 from pacer.curves import TrafficCurve
 from pacer.engine import Engine, EngineParams
+from pacer.fleet import Fleet
 from pacer.metrics import PacerCollector
 from pacer.service import Service
 from pacer.store import StoreError, open_store
+from pacer.store.redis import BidderLost, RedisStore
 
 log = logging.getLogger("pacer")
 
@@ -100,11 +102,16 @@ def build_fastapi(service: Service, settings: Settings, token: str) -> FastAPI:
     app.state.operator_token = token
     app.include_router(operator_router)
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(PacerCollector(service.engine, service.http, service.store_errors))
+    registry.register(PacerCollector(service.engine, service.http, service.store_errors, service.fleet))
 
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError) -> JSONResponse:
         return _error(exc)
+
+    @app.exception_handler(BidderLost)
+    async def bidder_lost(_: Request, exc: BidderLost) -> JSONResponse:
+        message = f"{exc}; nothing changed. POST /v1/bidders/{{id}}/restore with its spend"
+        return _error(ApiError(409, "store_lost", message))
 
     @app.exception_handler(StoreError)
     async def store_error(_: Request, exc: StoreError) -> JSONResponse:
@@ -141,10 +148,20 @@ def build_fastapi(service: Service, settings: Settings, token: str) -> FastAPI:
 
     @app.get("/readyz", tags=["ops"], responses={503: {"description": "store unreachable"}})
     async def readyz() -> JSONResponse:
-        """Ready to take traffic: the store answers (budget truth reachable)."""
+        """Ready to take traffic: the store answers (budget truth reachable). In a fleet, `degraded` (still 200:
+        other bidders are served) names the bidders whose spend the store lost, which are granted nothing."""
         store_ok = await service.store.ping()
-        body = {"status": "ready" if store_ok else "not_ready", "store": store_ok,
-                "bidders": len(service.engine.bidders), "traffic_curve": service.engine.curve.name}
+        body: dict[str, object] = {"status": "ready" if store_ok else "not_ready", "store": store_ok,
+                                   "bidders": len(service.engine.bidders), "traffic_curve": service.engine.curve.name}
+        fleet = service.fleet
+        if fleet is not None:
+            lost = fleet.lost
+            age = round(fleet.age_s, 3) if fleet.syncs else None
+            body["fleet"] = {"instance": fleet.store.instance, "last_sync_age_s": age,
+                             "leases_valid": not fleet.revoked, "store_lost_bidders": lost[:100],
+                             "store_lost_count": len(lost)}
+            if lost and store_ok:
+                body["status"] = "degraded"
         return JSONResponse(body, status_code=200 if store_ok else 503)
 
     @app.get("/metrics", tags=["ops"], response_class=PlainTextResponse)
@@ -275,8 +292,13 @@ def create_app(settings: Settings | None = None) -> PacerApp:
         tick_s=settings.tick_ms / 1000, ttl_min_s=settings.ttl_min_s, ttl_max_s=settings.ttl_max_s,
         ttl_initial_s=settings.ttl_initial_s, control=ControlParams(),
     )
-    engine = Engine(wall_clock, params, _curve(settings))
-    service = Service(engine, open_store(settings.store), params.tick_s, settings.sync_ms / 1000,
-                      settings.dedupe_days * 86400)
+    store = open_store(settings.store, settings.journal_dir)
+    shared = isinstance(store, RedisStore)
+    engine = Engine(wall_clock, params, _curve(settings), leased=shared)
+    dedupe_s = settings.dedupe_days * 86400
+    service = Service(engine, store, params.tick_s, settings.sync_ms / 1000, dedupe_s)
+    if isinstance(store, RedisStore):
+        service.fleet = Fleet(engine, store, service.versions, settings.sync_ms / 1000,
+                              settings.lease_ttl_ms / 1000, dedupe_s)
     token = operator_token(settings)
     return PacerApp(service, build_fastapi(service, settings, token), settings.bidder_token)

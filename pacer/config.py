@@ -20,7 +20,11 @@ class Settings(BaseSettings):
     operator_token_file: Path = Path("./pacer-operator-token")
     bidder_token: str | None = None
     tick_ms: int = 100
-    sync_ms: int = 500  # how often the reserved-money snapshot is written (the crash overspend bound)
+    # How often an instance syncs with the store: the reserved-money snapshot (embedded), or leases, fleet spend
+    # and operator changes (Redis). Both overspend bounds grow with it.
+    sync_ms: int = 250
+    lease_ttl_ms: int = 3000  # a fleet instance that has not synced for this long stops granting
+    journal_dir: Path = Path("./pacer-journal")  # fleet: each instance's local journal of acknowledged events
     ttl_min_s: float = 1.0
     ttl_max_s: float = 300.0
     ttl_initial_s: float = 10.0

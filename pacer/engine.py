@@ -24,8 +24,8 @@ from pacer.periods import Daily, Flight, Period, Window, utc_offset, window_at
 F64 = npt.NDArray[np.float64]
 _IDLE = (0.0,) * 12  # a free slot: zero budget, masked inactive
 TICK_CHUNK = 1000
-REASONS = ("paced", "exhausted", "paused", "not_active", "unknown_bidder", "no_budget")
-PACED, EXHAUSTED, PAUSED, NOT_ACTIVE, UNKNOWN_BIDDER, NO_BUDGET = REASONS
+REASONS = ("paced", "exhausted", "paused", "not_active", "unknown_bidder", "no_budget", "budget_unknown")
+PACED, EXHAUSTED, PAUSED, NOT_ACTIVE, UNKNOWN_BIDDER, NO_BUDGET, BUDGET_UNKNOWN = REASONS
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +97,7 @@ class Bidder:
         "config",
         "ends_at",
         "ledger",
+        "lost",
         "mode",
         "multiplier",
         "settled_spent",
@@ -108,10 +109,14 @@ class Bidder:
         "wins",
     )
 
-    def __init__(self, bidder_id: str, config: BidderConfig, window: Window, slot: int, spent: int) -> None:
+    def __init__(self, bidder_id: str, config: BidderConfig, window: Window, slot: int, spent: int,
+                 leased: bool = False) -> None:
         self.bidder_id = bidder_id
         self.slot = slot
-        self.ledger = Ledger(config.budget_micros, spent)
+        # Leased (fleet): nothing may be committed until the first sync grants a lease.
+        self.ledger = Ledger(config.budget_micros, spent, spent if leased else None)
+        # The shared store lost this bidder's state: nothing is granted until an operator restores it.
+        self.lost = False
         self.throttle = 1.0
         self.multiplier = 1.0
         self.settled_spent = 0  # tallies since the last tick, read and zeroed by the tick
@@ -128,6 +133,8 @@ class Bidder:
         return self.config.period.timezone
 
     def state(self, now: float) -> str:
+        if self.lost:
+            return "store_lost"
         if self.config.paused:
             return "paused"
         if now < self.window.start:
@@ -149,8 +156,10 @@ class Engine:
         curve: TrafficCurve | None = None,
         rng: random.Random | None = None,
         controller: ControlLaw | None = None,
+        leased: bool = False,
     ) -> None:
         self.clock = clock
+        self.leased = leased  # a fleet instance: each ledger spends only its lease (see fleet.py)
         self.params = params or EngineParams()
         self.curve = curve or TrafficCurve.flat()
         # The control law is pluggable only so replay can run published baselines through this same engine.
@@ -187,7 +196,7 @@ class Engine:
             self.controller.ensure(len(self._slots))
             self.controller.reset(slot, MODES[config.pacing])
             self._fresh.add(slot)
-            bidder = Bidder(bidder_id, config, window, slot, spent)
+            bidder = Bidder(bidder_id, config, window, slot, spent, self.leased)
             self.bidders[bidder_id] = bidder
             self._slots[slot] = bidder
         else:
@@ -249,7 +258,7 @@ class Engine:
             return self._deny(PACED)
         available = ledger.available
         if available <= 0:
-            return self._deny(NO_BUDGET)
+            return self._deny(BUDGET_UNKNOWN if bidder.lost else NO_BUDGET)
         # The last micros stay spendable: bid what is left rather than nothing.
         if price > available:
             price = available

@@ -33,14 +33,17 @@ class Ledger:
         "budget",
         "holdback",
         "holdback_until",
+        "limit",
         "reserved",
         "spent",
         "uncovered",
     )
 
-    def __init__(self, budget: int, spent: int = 0) -> None:
+    def __init__(self, budget: int, spent: int = 0, limit: int | None = None) -> None:
         self.budget = budget
         self.spent = spent
+        # In a fleet, what this instance may commit: the fleet's spend plus its lease (see fleet.py). None alone.
+        self.limit = limit
         self.reserved = 0
         # Money held back after a restart: reservations granted before a crash are unknown, so the last
         # snapshot of their total is held until they must have expired (see Store.save_reserved).
@@ -56,7 +59,8 @@ class Ledger:
     @property
     def available(self) -> int:
         """Micros that can still be reserved now."""
-        return self.budget - self.spent - self.reserved - self.holdback
+        cap = self.budget if self.limit is None or self.limit > self.budget else self.limit
+        return cap - self.spent - self.reserved - self.holdback
 
     @property
     def remaining(self) -> int:
@@ -138,7 +142,10 @@ class Ledger:
         self.holdback_until = until
 
     def renew(self, budget: int, spent: int) -> None:
-        """Start a new period. Open reservations carry over: their wins are spent in the new period."""
+        """Start a new period. Open reservations carry over: their wins are spent in the new period. A lease
+        belongs to its period: the new one starts with none."""
         self.budget = budget
         self.spent = spent
+        if self.limit is not None:
+            self.limit = spent
         self.uncovered = 0

@@ -16,6 +16,7 @@ from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
     from pacer.engine import Engine
+    from pacer.fleet import Fleet
 
 # Seconds; dense below 2 ms, where the bid path's goal lies.
 BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 2.5)
@@ -49,10 +50,12 @@ class HttpMetrics:
 
 
 class PacerCollector(Collector):
-    def __init__(self, engine: Engine, http: HttpMetrics, store_errors: Counter[str]) -> None:
+    def __init__(self, engine: Engine, http: HttpMetrics, store_errors: Counter[str], fleet: Fleet | None = None
+                 ) -> None:
         self.engine = engine
         self.http = http
         self.store_errors = store_errors
+        self.fleet = fleet
 
     def collect(self) -> Iterator[Metric]:
         e = self.engine
@@ -78,9 +81,13 @@ class PacerCollector(Collector):
         states = GaugeMetricFamily("pacer_bidders", "Bidders by state", labels=["state"])
         now = e.clock()
         counts = Counter(b.state(now) for b in e.bidders.values())
-        for state in ("scheduled", "active", "paused", "exhausted", "ended"):
+        for state in ("scheduled", "active", "paused", "exhausted", "ended", "store_lost"):
             states.add_metric([state], counts.get(state, 0))
         yield states
+        yield GaugeMetricFamily("pacer_store_lost_bidders", "Bidders whose spend the fleet store lost (not granting)",
+                                value=counts.get("store_lost", 0))
+        if self.fleet is not None:
+            yield from _fleet_metrics(self.fleet)
         errors = CounterMetricFamily("pacer_store_errors", "Store operations that failed", labels=["op"])
         for op, n in self.store_errors.items():
             errors.add_metric([op], n)
@@ -97,3 +104,22 @@ class PacerCollector(Collector):
                 buckets.append((str(bound) if bound != float("inf") else "+Inf", cumulative))
             latency.add_metric([route], buckets, hist.total)
         yield latency
+
+
+def _fleet_metrics(f: Fleet) -> Iterator[Metric]:
+    syncs = CounterMetricFamily("pacer_fleet_syncs", "Syncs with the fleet store", labels=["result"])
+    syncs.add_metric(["ok"], f.syncs)
+    syncs.add_metric(["failed"], f.failures)
+    yield syncs
+    for name, helptext, value in (
+        ("pacer_fleet_sync_seconds", "Duration of the last successful sync", f.last_sync_s),
+        ("pacer_fleet_sync_age_seconds", "Time since the last successful sync", f.age_s),
+        ("pacer_fleet_leases_valid", "1 while this instance's leases are valid, 0 once lapsed", int(not f.revoked)),
+        ("pacer_fleet_leased_micros", "Micros leased to the whole fleet, summed over this instance's bidders",
+         f.fleet_leased),
+        ("pacer_journal_pending_wins", "Wins journaled here that the fleet store has not counted yet",
+         len(f.store.pending())),
+    ):
+        yield GaugeMetricFamily(name, helptext, value=value)
+    yield CounterMetricFamily("pacer_fleet_duplicate_wins", "Wins another instance had already counted",
+                              value=f.duplicates)

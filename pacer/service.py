@@ -12,11 +12,17 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Awaitable
+from typing import TYPE_CHECKING, TypeVar
 
 from pacer.engine import BidderConfig, Engine
 from pacer.metrics import HttpMetrics
 from pacer.periods import parse_period, period_to_json, window_at
 from pacer.store import BidderRecord, Store, StoreError
+
+if TYPE_CHECKING:
+    from pacer.fleet import Fleet
+
+T = TypeVar("T")
 
 log = logging.getLogger("pacer")
 
@@ -49,6 +55,7 @@ class Service:
     def __init__(self, engine: Engine, store: Store, tick_s: float, sync_s: float, dedupe_s: float) -> None:
         self.engine = engine
         self.store = store
+        self.fleet: Fleet | None = None  # set when the store is shared (Redis): leases instead of snapshots
         self.tick_s = tick_s
         self.sync_s = sync_s
         self.dedupe_s = dedupe_s
@@ -73,6 +80,8 @@ class Service:
             bidder = self.engine.bidders.get(bidder_id)
             if bidder is not None and until > now and micros > 0:
                 bidder.ledger.hold_back(micros, until)
+        if self.fleet is not None:
+            await self.fleet.sync()  # leases before the first bid
         self.engine.tick()
         log.info("loaded %d bidders", len(records))
         self._tasks = [asyncio.create_task(self._tick_loop()), asyncio.create_task(self._sync_loop())]
@@ -92,6 +101,8 @@ class Service:
     async def _tick_loop(self) -> None:
         while True:
             await asyncio.sleep(self.tick_s)  # a periodic timer, not a stand-in for synchronisation
+            if self.fleet is not None:
+                self.fleet.check_lease()
             for _ in self.engine.tick_steps():
                 await asyncio.sleep(0)  # let waiting bids through between chunks
 
@@ -100,7 +111,11 @@ class Service:
         while True:
             await asyncio.sleep(self.sync_s)
             try:
-                await self._snapshot()
+                if self.fleet is not None:
+                    async with self._lock:  # operator writes and config changes from the fleet apply in order
+                        await self.fleet.sync()
+                else:
+                    await self._snapshot()
                 if time.monotonic() - last_prune > PRUNE_EVERY_S:
                     await self.store.prune(self.engine.clock() - self.dedupe_s)
                     last_prune = time.monotonic()
@@ -126,7 +141,7 @@ class Service:
             created = bidder_id not in self.engine.bidders
             version = self.versions.get(bidder_id, 0) + 1
             record = BidderRecord(bidder_id, config_to_json(config), version, time.time())
-            await self._write("put", self.store.put_bidder(record))
+            version = await self._write("put", self.store.put_bidder(record))
             key = window_at(config.period, self.engine.clock()).key
             spend = await self.store.load_spend([(bidder_id, key)])
             self.engine.configure(bidder_id, config, spend[bidder_id, key])
@@ -139,9 +154,18 @@ class Service:
             self.engine.remove(bidder_id)
             self.versions.pop(bidder_id, None)
 
-    async def _write(self, op: str, write: Awaitable[None]) -> None:
+    async def restore(self, bidder_id: str, spent_micros: int) -> None:
+        """Bring back a bidder whose state the fleet store lost, with the spend the operator states."""
+        assert self.fleet is not None, "only a fleet store loses state"
+        async with self._lock:
+            bidder = self.engine.bidders[bidder_id]
+            record = BidderRecord(bidder_id, config_to_json(bidder.config), 0, time.time())
+            await self._write("restore", self.fleet.store.restore_bidder(record, bidder.window.key, spent_micros))
+            await self.fleet.sync()  # take the restored state and a lease now
+
+    async def _write(self, op: str, write: Awaitable[T]) -> T:
         try:
-            await write
+            return await write
         except StoreError:
             self.store_errors[op] += 1
             raise

@@ -34,7 +34,9 @@ class Decision(msgspec.Struct, omit_defaults=True):
     auction_id: str
     bid: bool
     bid_micros: int | None = None
-    reason: Literal["paced", "exhausted", "paused", "not_active", "unknown_bidder", "no_budget"] | None = None
+    reason: Literal[
+        "paced", "exhausted", "paused", "not_active", "unknown_bidder", "no_budget", "budget_unknown"
+    ] | None = None
 
 
 class Decisions(msgspec.Struct):

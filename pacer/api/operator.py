@@ -61,9 +61,19 @@ class BidderPatch(BaseModel):
     max_bid_micros: BidCap | None = Field(None, description="null removes the cap")
 
 
+class RestoreIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    spent_micros: int = Field(
+        ge=0, le=MAX_BUDGET,
+        description="spend of the current period already settled, e.g. the exchange's figure, or the spent_micros "
+        "status showed before the loss. Wins still waiting in instances' journals are added when they sync.")
+
+
 class BidderStatus(BaseModel):
     bidder_id: str
-    state: Literal["scheduled", "active", "paused", "exhausted", "ended"]
+    state: Literal["scheduled", "active", "paused", "exhausted", "ended", "store_lost"] = Field(
+        description="store_lost: the fleet store lost this bidder's spend; nothing is granted until "
+        "POST /v1/bidders/{id}/restore")
     budget_micros: int
     spent_micros: int
     reserved_micros: int
@@ -197,6 +207,20 @@ async def pause_bidder(bidder_id: BidderId, service: ServiceDep) -> BidderStatus
 @router.post("/{bidder_id}/resume", response_model=BidderStatus)
 async def resume_bidder(bidder_id: BidderId, service: ServiceDep) -> BidderStatus:
     await service.put(bidder_id, replace(_existing(service, bidder_id), paused=False))
+    return _status(service.engine, bidder_id)
+
+
+@router.post("/{bidder_id}/restore", response_model=BidderStatus,
+             responses={409: {"description": "the bidder's state was not lost (or the store is not shared)"}})
+async def restore_bidder(bidder_id: BidderId, body: RestoreIn, service: ServiceDep) -> BidderStatus:
+    """After the fleet store lost a bidder's state (state `store_lost`): write it back with the spend you state,
+    and grant again. Refused for a bidder whose state is intact: spend is never reset by hand."""
+    _existing(service, bidder_id)
+    if service.fleet is None:
+        raise ApiError(409, "not_shared", "only a shared (Redis) store can lose a bidder's state")
+    if not service.engine.bidders[bidder_id].lost:
+        raise ApiError(409, "not_lost", f"bidder {bidder_id!r} is not in state store_lost: nothing to restore")
+    await service.restore(bidder_id, body.spent_micros)
     return _status(service.engine, bidder_id)
 
 

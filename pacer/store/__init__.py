@@ -1,14 +1,21 @@
 """Budget truth: where configuration and acknowledged spend live (SQLite embedded, Redis for fleets)."""
 
+from pathlib import Path
+
 from pacer.store.base import BidderRecord, Store, StoreError, WinRecord
 
 __all__ = ["BidderRecord", "Store", "StoreError", "WinRecord", "open_store"]
 
 
-def open_store(url: str) -> Store:
-    """Build the store a URL names: `sqlite:///path/to.db` (embedded) or `redis://host:port/db` (fleet)."""
+def open_store(url: str, journal_dir: Path = Path("pacer-journal")) -> Store:
+    """Build the store a URL names: `sqlite:///path/to.db` (embedded) or `redis://host:port/db` (fleet; each
+    instance keeps its journal in `journal_dir`)."""
     if url.startswith("sqlite://"):
         from pacer.store.sqlite import SqliteStore
 
         return SqliteStore.from_url(url)
-    raise StoreError(f"unsupported store URL {url!r}: expected sqlite:///path/to.db")
+    if url.startswith(("redis://", "rediss://")):
+        from pacer.store.redis import RedisStore
+
+        return RedisStore.from_url(url, journal_dir)
+    raise StoreError(f"unsupported store URL {url!r}: expected sqlite:///path/to.db or redis://host:port/db")

@@ -55,8 +55,9 @@ class Store(Protocol):
     async def load_bidders(self) -> list[BidderRecord]:
         """Every bidder currently configured (deleted ones excluded)."""
 
-    async def put_bidder(self, record: BidderRecord) -> None:
-        """Durably create or replace a bidder's configuration."""
+    async def put_bidder(self, record: BidderRecord) -> int:
+        """Durably create or replace a bidder's configuration; `record.version - 1` is the version the caller
+        knew. Returns the version stored (a shared store assigns it fleet-wide)."""
 
     async def delete_bidder(self, bidder_id: str) -> None:
         """Durably remove a bidder's configuration. Its recorded spend is kept: money spent stays spent."""

@@ -20,7 +20,7 @@ from pacer.store.base import BidderRecord, StoreError, WinRecord
 T = TypeVar("T")
 _Op = Callable[[sqlite3.Connection], Any]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 INT64_MAX = 2**63 - 1
 _SYNCHRONOUS = ("NORMAL", "FULL", "EXTRA")  # OFF is refused: a power cut could corrupt the file
 _SCHEMA = """
@@ -36,6 +36,9 @@ CREATE TABLE IF NOT EXISTS spend (
     PRIMARY KEY (bidder_id, period_key)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS reserved (
     bidder_id TEXT PRIMARY KEY, reserved_micros INTEGER NOT NULL, hold_until REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS outbox (
+    bidder_id TEXT NOT NULL, auction_id TEXT NOT NULL, price_micros INTEGER NOT NULL,
+    period_key TEXT NOT NULL, ts REAL NOT NULL, PRIMARY KEY (bidder_id, auction_id)) WITHOUT ROWID;
 """
 # SQLite turns an overflowing integer sum into REAL; the CHECK above makes that an IntegrityError instead.
 _ADD_SPEND = (
@@ -58,15 +61,19 @@ def _statement(sql: str, params: tuple[object, ...]) -> _Op:
 
 class SqliteStore:
     """Store on one SQLite file. Writes queue up; one writer task commits everything queued so far in a
-    single transaction on the store's own thread, so many concurrent callers share one fsync."""
+    single transaction on the store's own thread, so many concurrent callers share one fsync.
 
-    def __init__(self, path: str, synchronous: str = "FULL") -> None:
+    As a fleet instance's journal (`outbox=True`), every new win is also queued in the outbox table in the same
+    transaction, until the shared store has counted it (see redis.py)."""
+
+    def __init__(self, path: str, synchronous: str = "FULL", outbox: bool = False) -> None:
         if not path or path == ":memory:":
             raise StoreError(f"sqlite store needs a file path, got {path!r}")
         if synchronous.upper() not in _SYNCHRONOUS:
             raise StoreError(f"synchronous must be one of {_SYNCHRONOUS}, got {synchronous!r}")
         self.path = path
         self.synchronous = synchronous.upper()
+        self.outbox = outbox
         self.busy_timeout_ms = 5000
         self.commits = 0  # transactions committed: lets tests (and metrics) see that group commit batches
         self._executor: ThreadPoolExecutor | None = None
@@ -170,13 +177,14 @@ class SqliteStore:
 
     # -- writes: queued for the next group commit --
 
-    async def put_bidder(self, record: BidderRecord) -> None:
+    async def put_bidder(self, record: BidderRecord) -> int:
         try:
             config = json.dumps(record.config, separators=(",", ":"), allow_nan=False)
         except (TypeError, ValueError) as exc:
             raise StoreError(f"bidder {record.bidder_id!r}: config is not JSON: {exc}") from exc
         row = (record.bidder_id, config, _micros(record.version, "version"), record.updated_at)
         await self._write(_statement("INSERT OR REPLACE INTO bidders VALUES (?, ?, ?, ?)", row))
+        return record.version
 
     async def delete_bidder(self, bidder_id: str) -> None:
         await self._write(_statement("DELETE FROM bidders WHERE bidder_id = ?", (bidder_id,)))
@@ -194,6 +202,8 @@ class SqliteStore:
                 fresh = conn.execute("INSERT OR IGNORE INTO wins VALUES (?, ?, ?, ?, ?)", row).rowcount == 1
                 if fresh:
                     conn.execute(_ADD_SPEND, (w.bidder_id, w.period_key, w.price_micros))
+                    if self.outbox:
+                        conn.execute("INSERT OR IGNORE INTO outbox VALUES (?, ?, ?, ?, ?)", row)
                 new.append(fresh)
             return new
 
@@ -208,6 +218,30 @@ class SqliteStore:
         def apply(conn: sqlite3.Connection) -> None:
             conn.execute("DELETE FROM reserved")
             conn.executemany("INSERT INTO reserved VALUES (?, ?, ?)", rows)
+
+        await self._write(apply)
+
+    async def load_outbox(self) -> list[WinRecord]:
+        """Wins journaled but not yet confirmed counted by the shared store, oldest first."""
+        rows = await self._query("SELECT bidder_id, auction_id, price_micros, period_key, ts FROM outbox ORDER BY ts")
+        return [WinRecord(*row) for row in rows]
+
+    async def add_outbox(self, wins: list[WinRecord]) -> None:
+        """Take over wins from another journal (an instance that died before shipping them)."""
+        rows = [(w.bidder_id, w.auction_id, w.price_micros, w.period_key, w.ts) for w in wins]
+
+        def apply(conn: sqlite3.Connection) -> None:
+            conn.executemany("INSERT OR IGNORE INTO wins VALUES (?, ?, ?, ?, ?)", rows)
+            conn.executemany("INSERT OR IGNORE INTO outbox VALUES (?, ?, ?, ?, ?)", rows)
+
+        await self._write(apply)
+
+    async def drop_outbox(self, wins: list[WinRecord]) -> None:
+        """The shared store has counted these (or knew them already): they need not be shipped again."""
+        keys = [(w.bidder_id, w.auction_id) for w in wins]
+
+        def apply(conn: sqlite3.Connection) -> None:
+            conn.executemany("DELETE FROM outbox WHERE bidder_id = ? AND auction_id = ?", keys)
 
         await self._write(apply)
 

@@ -77,6 +77,7 @@ DOCUMENTED = {
     "/v1/bidders/{bidder_id}": {"put", "patch", "get", "delete"},
     "/v1/bidders/{bidder_id}/pause": {"post"},
     "/v1/bidders/{bidder_id}/resume": {"post"},
+    "/v1/bidders/{bidder_id}/restore": {"post"},
     "/healthz": {"get"},
     "/readyz": {"get"},
     "/metrics": {"get"},

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from pacer.store import StoreError, open_store
-from pacer.store.sqlite import SqliteStore
+from pacer.store.sqlite import SCHEMA_VERSION, SqliteStore
 from tests.store_contract import StoreContract, StoreFactory
 
 REPO = Path(__file__).resolve().parents[2]
@@ -96,7 +96,7 @@ async def test_pragmas_and_schema(tmp_path: Path) -> None:
             )
         )
         assert thread.startswith("pacer-sqlite")
-        assert (mode, sync, version) == ("wal", 1, 1)
+        assert (mode, sync, version) == ("wal", 1, SCHEMA_VERSION)
     finally:
         await store.close()
 

@@ -1,0 +1,203 @@
+"""fleet.py: one instance's part in a fleet sharing budgets through Redis: every sync it ships its new wins,
+learns the fleet's spend and configuration, and renews each bidder's lease. Never on the hot path.
+
+A lease is what this instance may commit beyond the fleet's spend until the next sync. Redis grants it so that
+spent + all live leases <= budget; the ledger's `limit` (fleet spend + lease) caps what `decide` reserves. It is
+sized from this instance's own recent spend rate, so busy instances hold more and idle ones give theirs back.
+If Redis stops answering, the instance spends what it holds and nothing more: past `lease_ttl_s` after the last
+successful sync it grants nothing until a sync succeeds again (Redis keeps the lease a reservation TTL longer,
+so wins on bids granted under it are still covered).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+
+from pacer.engine import Bidder, Engine
+from pacer.periods import window_at
+from pacer.service import config_from_json
+from pacer.store.base import WinRecord
+from pacer.store.redis import LeaseReply, LeaseRequest, RedisStore
+
+log = logging.getLogger("pacer")
+
+GROWTH = 2.0  # a lease is twice the recent spend over the horizon: room to double each sync when demand grows
+RATE_SMOOTHING = 0.5  # weight of the newest sync interval in the spend-rate average
+
+
+class Fleet:
+    """Leases, fleet spend and configuration changes for every bidder of one instance."""
+
+    def __init__(self, engine: Engine, store: RedisStore, versions: dict[str, int], sync_s: float,
+                 lease_ttl_s: float, dedupe_s: float) -> None:
+        self.engine = engine
+        self.store = store
+        self.versions = versions  # shared with Service: the config version this instance runs, per bidder
+        self.sync_s = sync_s
+        self.lease_ttl_s = lease_ttl_s
+        self.dedupe_s = dedupe_s
+        self.horizon_s = max(2 * sync_s, 1.0)  # a lease should last until the sync after next
+        self.lease_until = 0.0  # monotonic: past this the leases are void here (Redis may have given them away)
+        self.revoked = False
+        self.seq = -1  # the registry's change counter as last seen
+        self.synced_at = 0.0  # wall clock of the last successful sync
+        self.syncs = 0
+        self.failures = 0
+        self.last_sync_s = 0.0
+        self.fleet_leased = 0
+        self.duplicates = 0  # wins another instance had already counted
+        self._rate: dict[str, float] = {}  # bidder -> recent spend rate here, micros/s
+        self._known_spent: dict[tuple[str, str], int] = {}  # (bidder, period) -> fleet spend at the last sync
+        self._incarnation: dict[str, int] = {}
+        self._last = time.monotonic()
+
+    @property
+    def age_s(self) -> float:
+        """Seconds since the last successful sync (inf before the first)."""
+        return time.time() - self.synced_at if self.synced_at else float("inf")
+
+    @property
+    def lost(self) -> list[str]:
+        return sorted(b.bidder_id for b in self.engine.bidders.values() if b.lost)
+
+    def check_lease(self) -> None:
+        """Called every tick: once the leases have lapsed without a sync, stop committing anything new."""
+        if not self.revoked and time.monotonic() > self.lease_until:
+            self.revoked = True
+            for b in self.engine.bidders.values():
+                b.ledger.limit = b.ledger.spent
+            log.warning("no sync with the fleet store for %.1f s: leases lapsed, granting nothing until it is back",
+                        self.lease_ttl_s)
+
+    async def sync(self) -> None:
+        """One sync: raises StoreError if Redis did not answer (the wins stay queued for the next one)."""
+        started = time.monotonic()
+        wins = self.store.take_pending()
+        by_bidder: dict[str, list[WinRecord]] = defaultdict(list)
+        for w in wins:
+            by_bidder[w.bidder_id].append(w)
+        dt = max(started - self._last, 1e-3)
+        self._last = started
+        bidders = list(self.engine.bidders.values())
+        requests = [self._request(b, by_bidder.pop(b.bidder_id, []), dt) for b in bidders]
+        # Wins for bidders this instance does not run (deleted, or not discovered yet) still count in Redis.
+        requests += [LeaseRequest(bidder_id, -1, ws[0].period_key, 0, 0, ws) for bidder_id, ws in by_bidder.items()]
+        try:
+            replies, seq = await self.store.sync(requests, int(self.lease_ttl_s * 1000), int(self.dedupe_s * 1000))
+        except BaseException:
+            self.store.untake(wins)
+            self.failures += 1
+            raise
+        unshipped: list[WinRecord] = []
+        since = self._unsynced_spend()
+        fleet = 0
+        for request, reply in zip(requests, replies, strict=True):
+            if reply.status == "lost" and request.known_version >= 0:
+                unshipped += request.wins  # kept until an operator restores the bidder
+            elif reply.status == "lost" and request.wins:
+                log.warning("dropped %d wins for bidder %r: no such bidder in the fleet store (they stay in the "
+                            "journal's wins table)", len(request.wins), request.bidder_id)
+            else:
+                self.duplicates += len(reply.duplicates)
+            bidder = self.engine.bidders.get(request.bidder_id)
+            if bidder is not None and request.known_version >= 0:
+                self._apply(bidder, request, reply, since.get(request.bidder_id, 0))
+                fleet += reply.fleet_leased_micros
+        self.store.untake(unshipped)
+        kept = set(unshipped)
+        await self.store.shipped([w for w in wins if w not in kept])
+        self.lease_until = started + self.lease_ttl_s
+        self.revoked = False
+        if seq != self.seq:
+            await self._discover()
+            self.seq = seq
+        self.fleet_leased = fleet
+        self.syncs += 1
+        self.synced_at = time.time()
+        self.last_sync_s = time.monotonic() - started
+
+    def _request(self, bidder: Bidder, wins: list[WinRecord], dt: float) -> LeaseRequest:
+        ledger = bidder.ledger
+        key = bidder.window.key
+        shipped = sum(w.price_micros for w in wins if w.period_key == key)
+        rate = self._rate.get(bidder.bidder_id, 0.0)
+        rate += RATE_SMOOTHING * (shipped / dt - rate)
+        self._rate[bidder.bidder_id] = rate
+        now = self.engine.clock()
+        h = self.horizon_s
+        starting = now + h >= bidder.window.start and now < bidder.ends_at
+        want = ledger.reserved
+        if starting and not bidder.config.paused and not bidder.lost:
+            # Never less than the whole fleet's even share of what is left over the horizon: a bidder new to
+            # this instance (or quiet so far) can bid at once.
+            left = max(0, ledger.budget - ledger.spent)
+            even = left * h / max(bidder.window.end - max(now, bidder.window.start), h)
+            want += int(max(GROWTH * rate * h, even))
+        hold_ms = int(self.engine.delays.ttl * 1000)
+        return LeaseRequest(bidder.bidder_id, self.versions.get(bidder.bidder_id, 0), key, want, hold_ms, wins)
+
+    def _unsynced_spend(self) -> dict[str, int]:
+        """Spend journaled here while the sync was in flight: Redis has not seen it, the ledger has."""
+        out: dict[str, int] = defaultdict(int)
+        for w in self.store.pending():
+            bidder = self.engine.bidders.get(w.bidder_id)
+            if bidder is not None and w.period_key == bidder.window.key:
+                out[w.bidder_id] += w.price_micros
+        return out
+
+    def _apply(self, bidder: Bidder, request: LeaseRequest, reply: LeaseReply, unsynced: int) -> None:
+        bidder_id = bidder.bidder_id
+        key = (bidder_id, request.period_key)
+        if reply.status == "deleted":
+            self.engine.remove(bidder_id)
+            self.versions.pop(bidder_id, None)
+            self._rate.pop(bidder_id, None)
+            self._incarnation.pop(bidder_id, None)
+            return
+        known_inc = self._incarnation.get(bidder_id)
+        restored = known_inc is not None and reply.status == "ok" and reply.incarnation != known_inc
+        went_back = not restored and reply.spent_micros < self._known_spent.get(key, 0)
+        if reply.status == "lost" or went_back:
+            self._lose(bidder, "no state in Redis" if reply.status == "lost" else
+                       f"spend went back from {self._known_spent.get(key, 0)} to {reply.spent_micros}")
+            return
+        self._incarnation[bidder_id] = reply.incarnation
+        if bidder.lost or restored:
+            bidder.lost = False
+            log.warning("bidder %s: state restored in Redis (spent %d): granting again", bidder_id, reply.spent_micros)
+        if reply.config is not None and reply.version != self.versions.get(bidder_id):
+            bidder = self.engine.configure(bidder_id, config_from_json(reply.config), reply.spent_micros)
+            self.versions[bidder_id] = reply.version
+            if bidder.window.key != request.period_key:
+                return  # the new config starts another period: its lease comes with the next sync
+        self._known_spent[key] = reply.spent_micros
+        ledger = bidder.ledger
+        if bidder.window.key == request.period_key:
+            ledger.spent = reply.spent_micros + unsynced
+            ledger.limit = reply.spent_micros + reply.lease_micros
+
+    def _lose(self, bidder: Bidder, why: str) -> None:
+        if not bidder.lost:
+            log.error("bidder %s: the fleet store lost its spend (%s): granting nothing until an operator restores "
+                      "it (POST /v1/bidders/%s/restore)", bidder.bidder_id, why, bidder.bidder_id)
+        bidder.lost = True
+        bidder.ledger.limit = 0
+
+    async def _discover(self) -> None:
+        """Bidders created on other instances: configure them (no lease until the next sync)."""
+        records = await self.store.load_bidders()
+        new = [r for r in records if r.bidder_id not in self.engine.bidders]
+        if not new:
+            return
+        now = self.engine.clock()
+        configs = {r.bidder_id: config_from_json(r.config) for r in new}
+        keys = [(r.bidder_id, window_at(configs[r.bidder_id].period, now).key) for r in new]
+        spend = await self.store.load_spend(keys)
+        for record, key in zip(new, keys, strict=True):
+            if record.bidder_id in self.engine.bidders:
+                continue  # created here while we were reading
+            self.engine.configure(record.bidder_id, configs[record.bidder_id], spend[key])
+            self.versions[record.bidder_id] = record.version
+            self._known_spent[key] = spend[key]

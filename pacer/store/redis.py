@@ -1,0 +1,348 @@
+"""redis.py: the fleet store. Budget truth (config, deduplicated spend, leases) lives in Redis, and every instance
+keeps a local journal so that accepting an event never waits on Redis. Never called from the bid hot path.
+
+- Events: `record_wins` commits to the local journal (durable, deduplicated per instance) and queues the wins;
+  `sync` ships them to Redis, which counts each (bidder_id, auction_id) once across the fleet.
+- Leases: `sync` is one pipelined round trip per Redis node, one Lua call per group of bidders that share a hash
+  slot (every key of a bidder carries its id as hash tag, so this runs on Redis Cluster as on one Redis).
+- Operator writes (put, delete, restore) go to Redis directly and fail with StoreError when it is down.
+
+Keys (prefix `pacer` by default): `<p>:{<bidder_id>}:b` state hash, `<p>:{<bidder_id>}:w` win dedupe set,
+`<p>:{registry}` bidder_id -> version (discovery), `<p>:{registry}:seq` bumped on every operator write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import socket
+import uuid
+from collections.abc import Awaitable
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
+from redis.backoff import NoBackoff
+from redis.crc import key_slot
+from redis.exceptions import NoScriptError, RedisError
+from redis.retry import Retry
+
+from pacer.store import journal
+from pacer.store.base import BidderRecord, StoreError, WinRecord
+from pacer.store.sqlite import SqliteStore
+
+T = TypeVar("T")
+TIMEOUT_S = 1.0  # a Redis that does not answer within this is treated as down: sync fails, bids go on
+GROUP = 500  # bidders per Lua call on a plain Redis: one call blocks Redis ~5 ms at most
+
+
+class BidderLost(StoreError):
+    """Redis has no state for a bidder this instance knows: its data was lost. Only an operator's restore
+    (stating the spend) brings it back; re-creating it would restart its spend from zero."""
+
+
+@dataclass(slots=True)
+class LeaseRequest:
+    """One bidder's part of a sync: what this instance knows, wants, and has won since the last sync."""
+
+    bidder_id: str
+    known_version: int
+    period_key: str
+    want_micros: int
+    hold_ms: int  # how long after the lease's TTL reservations granted under it may still be won
+    wins: list[WinRecord] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseReply:
+    status: str  # "ok", "deleted" or "lost"
+    version: int
+    incarnation: int
+    spent_micros: int  # fleet spend in the requested period, this sync's wins included
+    lease_micros: int  # what this instance may spend beyond spent_micros until the next sync
+    fleet_leased_micros: int
+    config: dict[str, object] | None  # set when the version differs from the one the instance knows
+    duplicates: list[int]  # indexes into the request's wins that Redis had counted before
+
+
+def _script(name: str) -> str:
+    return resources.files("pacer.store").joinpath(f"lua/{name}.lua").read_text()
+
+
+class RedisStore:
+    """Store on Redis (or Redis Cluster, detected) plus a local journal folder."""
+
+    shared = True
+
+    def __init__(self, url: str, journal_dir: Path, prefix: str = "pacer") -> None:
+        self.url = url
+        self.journal_dir = journal_dir
+        self.prefix = prefix
+        self.instance = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.cluster = False
+        self.commits = 0  # journal transactions (the contract suite reads it)
+        self._redis: Any = None
+        self._journal: SqliteStore | None = None
+        self._claim: journal.Claim | None = None
+        self._pending: list[WinRecord] = []  # journaled, not yet counted by Redis
+        self._sources = {name: _script(name) for name in ("sync", "put", "delete", "restore")}
+        self._sha: dict[str, str] = {}
+
+    @classmethod
+    def from_url(cls, url: str, journal_dir: Path) -> RedisStore:
+        """`redis://[user:pass@]host:port/db[?prefix=pacer]` (or rediss://); other query options go to redis-py."""
+        parts = urlsplit(url)
+        query = dict(parse_qsl(parts.query))
+        prefix = query.pop("prefix", "pacer")
+        if parts.scheme not in ("redis", "rediss") or not parts.hostname:
+            raise StoreError(f"bad redis URL {url!r}: expected redis://host:port/db")
+        return cls(urlunsplit(parts._replace(query=urlencode(query))), journal_dir, prefix)
+
+    # --- keys -------------------------------------------------------------------------------------------------
+
+    def _state(self, bidder_id: str) -> str:
+        return f"{self.prefix}:{{{bidder_id}}}:b"
+
+    def _wins(self, bidder_id: str) -> str:
+        return f"{self.prefix}:{{{bidder_id}}}:w"
+
+    @property
+    def _registry(self) -> str:
+        return f"{self.prefix}:{{registry}}"
+
+    # --- lifecycle --------------------------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        if self._redis is not None:
+            return
+        options: dict[str, Any] = {"socket_timeout": TIMEOUT_S, "socket_connect_timeout": TIMEOUT_S,
+                                   "retry": Retry(NoBackoff(), 0)}
+        probe = aioredis.Redis.from_url(self.url, **options)
+        try:
+            info = await self._call(probe.info("cluster"))
+        finally:
+            await probe.aclose()
+        self.cluster = bool(info.get("cluster_enabled"))
+        if self.cluster:
+            self._redis = RedisCluster.from_url(self.url, socket_timeout=TIMEOUT_S,
+                                                socket_connect_timeout=TIMEOUT_S, cluster_error_retry_attempts=1)
+            await self._call(self._redis.initialize())
+        else:
+            self._redis = aioredis.Redis.from_url(self.url, **options)
+        await self._load_scripts()
+        self._claim = journal.claim(self.journal_dir)
+        self._journal = SqliteStore(str(self._claim.path), outbox=True)
+        await self._journal.open()
+        await journal.adopt_orphans(self.journal_dir, self._journal, self._claim)
+        self._pending = await self._journal.load_outbox()
+
+    async def close(self) -> None:
+        if self._journal is not None:
+            self.commits = self._journal.commits
+            await self._journal.close()
+            self._journal = None
+        if self._claim is not None:
+            self._claim.release()
+            self._claim = None
+        if self._redis is not None:
+            with contextlib.suppress(RedisError, OSError):
+                await self._redis.aclose()
+            self._redis = None
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self._call(self._client().ping()))
+        except StoreError:
+            return False
+
+    # --- config -----------------------------------------------------------------------------------------------
+
+    async def load_bidders(self) -> list[BidderRecord]:
+        registry = await self._call(self._client().hgetall(self._registry))
+        ids = sorted(k.decode() for k in registry)
+        return [r for r in await self.load_configs(ids) if r is not None]
+
+    async def load_configs(self, bidder_ids: list[str]) -> list[BidderRecord | None]:
+        """Each bidder's configuration (None where deleted or missing), one pipelined round trip."""
+        async with self._client().pipeline(transaction=False) as pipe:
+            for bidder_id in bidder_ids:
+                pipe.hmget(self._state(bidder_id), "cfg", "ver", "del", "upd")
+            rows = await self._call(pipe.execute())
+        out: list[BidderRecord | None] = []
+        for bidder_id, (cfg, ver, deleted, updated) in zip(bidder_ids, rows, strict=True):
+            if cfg is None or ver is None or deleted == b"1":
+                out.append(None)
+            else:
+                out.append(BidderRecord(bidder_id, json.loads(cfg), int(ver), float(updated or 0)))
+        return out
+
+    async def put_bidder(self, record: BidderRecord) -> int:
+        """Write the config; `record.version - 1` is the version the caller knows (0: none). Returns the version
+        Redis assigned. Raises BidderLost when the caller knows the bidder but Redis lost it."""
+        config = json.dumps(record.config, separators=(",", ":"), allow_nan=False)
+        budget, paused = record.config["budget_micros"], "1" if record.config.get("paused") else "0"
+        reply = await self._eval("put", [self._state(record.bidder_id)],
+                                 [config, budget, paused, record.version - 1, repr(record.updated_at)])
+        if reply[0] == b"lost":
+            raise BidderLost(f"Redis has no state for bidder {record.bidder_id!r}: its data was lost")
+        await self._announce(record.bidder_id, int(reply[1]))
+        return int(reply[1])
+
+    async def delete_bidder(self, bidder_id: str) -> None:
+        await self._eval("delete", [self._state(bidder_id)], [])
+        await self._announce(bidder_id, None)
+
+    async def restore_bidder(self, record: BidderRecord, period_key: str, spent_micros: int) -> int:
+        """Bring back a lost bidder with the spend an operator states for its current period. Returns the version."""
+        config = json.dumps(record.config, separators=(",", ":"), allow_nan=False)
+        budget, paused = record.config["budget_micros"], "1" if record.config.get("paused") else "0"
+        reply = await self._eval("restore", [self._state(record.bidder_id)],
+                                 [config, budget, paused, period_key, spent_micros])
+        await self._announce(record.bidder_id, int(reply[0]))
+        return int(reply[0])
+
+    async def _announce(self, bidder_id: str, version: int | None) -> None:
+        """Tell the fleet a bidder changed (discovery of new and deleted bidders)."""
+        async with self._client().pipeline(transaction=not self.cluster) as pipe:
+            if version is None:
+                pipe.hdel(self._registry, bidder_id)
+            else:
+                pipe.hset(self._registry, bidder_id, version)
+            pipe.incr(f"{self._registry}:seq")
+            await self._call(pipe.execute())
+
+    # --- spend --------------------------------------------------------------------------------------------------
+
+    async def record_wins(self, wins: list[WinRecord]) -> list[bool]:
+        """Durable in the local journal (deduplicated there); counted fleet-wide at the next sync."""
+        new = await self._journal_store().record_wins(wins)
+        self._pending.extend(w for w, fresh in zip(wins, new, strict=True) if fresh)
+        self.commits = self._journal_store().commits
+        return new
+
+    async def load_spend(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], int]:
+        async with self._client().pipeline(transaction=False) as pipe:
+            for bidder_id, period in keys:
+                pipe.hget(self._state(bidder_id), f"s:{period}")
+            values = await self._call(pipe.execute())
+        return {key: int(v or 0) for key, v in zip(keys, values, strict=True)}
+
+    async def save_reserved(self, reserved: dict[str, tuple[int, float]]) -> None:
+        """Nothing to do: a dead instance's reservations stay covered by its lease in Redis until it expires."""
+
+    async def load_reserved(self) -> dict[str, tuple[int, float]]:
+        return {}
+
+    async def prune(self, before_ts: float) -> int:
+        """Old dedupe keys leave the journal here, and Redis's sets in the sync script."""
+        return await self._journal_store().prune(before_ts)
+
+    # --- sync ---------------------------------------------------------------------------------------------------
+
+    def take_pending(self) -> list[WinRecord]:
+        """The journaled wins Redis has not counted yet; give them back with `untake` if the sync fails."""
+        pending, self._pending = self._pending, []
+        return pending
+
+    def pending(self) -> list[WinRecord]:
+        return self._pending
+
+    def untake(self, wins: list[WinRecord]) -> None:
+        self._pending[:0] = wins
+
+    async def shipped(self, wins: list[WinRecord]) -> None:
+        """Redis has counted these (or had before): drop them from the journal's outbox."""
+        if wins:
+            await self._journal_store().drop_outbox(wins)
+
+    async def sync(self, requests: list[LeaseRequest], lease_ttl_ms: int, dedupe_ms: int
+                   ) -> tuple[list[LeaseReply], int]:
+        """Ship wins, settle and renew leases for every bidder, and read the registry's change counter: one
+        pipelined round trip (per node on a cluster). Returns a reply per request, in order, and the counter."""
+        groups: dict[int, list[int]] = {}
+        for i, r in enumerate(requests):
+            slot = key_slot(self._state(r.bidder_id).encode()) if self.cluster else i // GROUP
+            groups.setdefault(slot, []).append(i)
+        head = [self.instance, lease_ttl_ms, dedupe_ms]
+        calls = []
+        for members in groups.values():
+            keys: list[str] = []
+            args: list[object] = list(head)
+            for i in members:
+                r = requests[i]
+                keys += [self._state(r.bidder_id), self._wins(r.bidder_id)]
+                args += [r.known_version, r.period_key, r.want_micros, r.hold_ms, len(r.wins)]
+                for w in r.wins:
+                    args += [w.auction_id, w.price_micros, w.period_key]
+            calls.append((members, keys, args))
+
+        async def run() -> list[Any]:
+            async with self._client().pipeline(transaction=False) as pipe:
+                for _, keys, args in calls:
+                    pipe.evalsha(self._sha["sync"], len(keys), *keys, *args)
+                pipe.get(f"{self._registry}:seq")
+                return list(await pipe.execute(raise_on_error=False))
+
+        results = await self._call(run())
+        if any(isinstance(r, NoScriptError) for r in results):  # Redis restarted: scripts are gone
+            await self._load_scripts()
+            results = await self._call(run())  # wins counted by the first attempt come back as duplicates
+        for r in results:
+            if isinstance(r, Exception):
+                raise StoreError(f"redis sync: {r}")
+        replies: list[LeaseReply | None] = [None] * len(requests)
+        for (members, _, _), group in zip(calls, results, strict=False):
+            for i, raw in zip(members, group, strict=True):
+                replies[i] = _reply(raw)
+        seq = int(results[-1] or 0)
+        return [r for r in replies if r is not None], seq
+
+    # --- machinery ----------------------------------------------------------------------------------------------
+
+    def _client(self) -> Any:
+        if self._redis is None:
+            raise StoreError("redis store is not open")
+        return self._redis
+
+    def _journal_store(self) -> SqliteStore:
+        if self._journal is None:
+            raise StoreError("redis store is not open")
+        return self._journal
+
+    async def _load_scripts(self) -> None:
+        for name, source in self._sources.items():
+            self._sha[name] = str(await self._call(self._client().script_load(source)))
+
+    async def _eval(self, name: str, keys: list[str], args: list[object]) -> Any:
+        for attempt in range(2):
+            try:
+                return await self._call(self._client().evalsha(self._sha[name], len(keys), *keys, *args))
+            except StoreError as exc:
+                if attempt or not isinstance(exc.__cause__, NoScriptError):
+                    raise
+                await self._load_scripts()
+        raise AssertionError("unreachable")
+
+    @staticmethod
+    async def _call(awaitable: Awaitable[T]) -> T:
+        """Redis errors (down, timeout, OOM, script error) become StoreError; callers fail closed on it."""
+        try:
+            return await asyncio.wait_for(awaitable, 4 * TIMEOUT_S)
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise StoreError(f"redis: {exc or type(exc).__name__}") from exc
+
+
+def _reply(raw: list[Any]) -> LeaseReply:
+    status, version, incarnation, spent, lease, fleet, cfg, dups = raw
+    return LeaseReply(
+        status=status.decode(), version=int(version), incarnation=int(incarnation), spent_micros=int(spent),
+        lease_micros=int(lease), fleet_leased_micros=int(fleet), config=json.loads(cfg) if cfg else None,
+        duplicates=[int(d) - 1 for d in dups],
+    )
+
