@@ -101,6 +101,7 @@ class Bidder:
         "mode",
         "multiplier",
         "settled_spent",
+        "short",
         "slot",
         "throttle",
         "unmatched_spent",
@@ -119,6 +120,7 @@ class Bidder:
         self.lost = False
         self.throttle = 1.0
         self.multiplier = 1.0
+        self.short = 0  # micros of bids refused for want of lease since the last sync (fleet.py reads it)
         self.settled_spent = 0  # tallies since the last tick, read and zeroed by the tick
         self.unmatched_spent = 0
         self.wins = 0
@@ -259,9 +261,12 @@ class Engine:
         available = ledger.available
         if available <= 0:
             return self._deny(BUDGET_UNKNOWN if bidder.lost else NO_BUDGET)
-        # The last micros stay spendable: bid what is left rather than nothing.
         if price > available:
-            price = available
+            if ledger.limit is not None:
+                # A lease, not the budget, is short: ask for more at the next sync rather than bid low.
+                bidder.short += price
+                return self._deny(NO_BUDGET)
+            price = available  # the budget's last micros stay spendable: bid what is left rather than nothing
         ledger.reserve(auction_id, price, now)
         self.decisions["bid"] += 1
         return price, ""

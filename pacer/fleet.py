@@ -129,12 +129,13 @@ class Fleet:
         h = self.horizon_s
         starting = now + h >= bidder.window.start and now < bidder.ends_at
         want = ledger.reserved
+        short, bidder.short = bidder.short, 0
         if starting and not bidder.config.paused and not bidder.lost:
-            # Never less than the whole fleet's even share of what is left over the horizon: a bidder new to
-            # this instance (or quiet so far) can bid at once.
+            # Never less than the whole fleet's even share of what is left over the horizon (a bidder new to this
+            # instance, or quiet so far, can bid at once), nor than the bids refused for want of lease.
             left = max(0, ledger.budget - ledger.spent)
             even = left * h / max(bidder.window.end - max(now, bidder.window.start), h)
-            want += int(max(GROWTH * rate * h, even))
+            want += int(max(GROWTH * rate * h, even, short))
         hold_ms = int(self.engine.delays.ttl * 1000)
         return LeaseRequest(bidder.bidder_id, self.versions.get(bidder.bidder_id, 0), key, want, hold_ms, wins)
 

@@ -30,7 +30,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.backoff import NoBackoff
 from redis.crc import key_slot
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import ConnectionError, NoScriptError, RedisError
 from redis.retry import Retry
 
 from pacer.store import journal
@@ -121,8 +121,9 @@ class RedisStore:
     async def open(self) -> None:
         if self._redis is not None:
             return
+        # One retry: a pooled connection goes stale when Redis restarts. Every script is safe to run twice.
         options: dict[str, Any] = {"socket_timeout": TIMEOUT_S, "socket_connect_timeout": TIMEOUT_S,
-                                   "retry": Retry(NoBackoff(), 0)}
+                                   "retry": Retry(NoBackoff(), 1)}
         probe = aioredis.Redis.from_url(self.url, **options)
         try:
             info = await self._call(probe.info("cluster"))
@@ -131,7 +132,7 @@ class RedisStore:
         self.cluster = bool(info.get("cluster_enabled"))
         if self.cluster:
             self._redis = RedisCluster.from_url(self.url, socket_timeout=TIMEOUT_S,
-                                                socket_connect_timeout=TIMEOUT_S, cluster_error_retry_attempts=1)
+                                                socket_connect_timeout=TIMEOUT_S, retry=Retry(NoBackoff(), 1))
             await self._call(self._redis.initialize())
         else:
             self._redis = aioredis.Redis.from_url(self.url, **options)
@@ -283,11 +284,17 @@ class RedisStore:
             calls.append((members, keys, args))
 
         async def run() -> list[Any]:
-            async with self._client().pipeline(transaction=False) as pipe:
-                for _, keys, args in calls:
-                    pipe.evalsha(self._sha["sync"], len(keys), *keys, *args)
-                pipe.get(f"{self._registry}:seq")
-                return list(await pipe.execute(raise_on_error=False))
+            for attempt in range(2):
+                try:
+                    async with self._client().pipeline(transaction=False) as pipe:
+                        for _, keys, args in calls:
+                            pipe.execute_command("EVALSHA", self._sha["sync"], len(keys), *keys, *args)
+                        pipe.get(f"{self._registry}:seq")
+                        return list(await pipe.execute(raise_on_error=False))
+                except ConnectionError:
+                    if attempt:  # the second failure is Redis being down, not a stale pooled connection
+                        raise
+            raise AssertionError("unreachable")
 
         results = await self._call(run())
         if any(isinstance(r, NoScriptError) for r in results):  # Redis restarted: scripts are gone

@@ -41,13 +41,19 @@ def whole_ms(ts: float) -> float:
 
 
 class PacerServer:
-    """One `pacer serve` process at a time on a fixed port and SQLite file; can be killed and restarted."""
+    """One `pacer serve` process at a time on a fixed port, in its own folder, on a SQLite file or a shared store
+    (`store`, e.g. a Redis URL; `workers` processes then); can be killed and restarted."""
 
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(self, tmp_path: Path, store: str | None = None, workers: int = 1, token: str | None = None,
+                 env: dict[str, str] | None = None) -> None:
         self.tmp_path = tmp_path
+        tmp_path.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
-        self.token = secrets.token_urlsafe(16)
+        self.token = token or secrets.token_urlsafe(16)
         self.db = tmp_path / "p.db"
+        self.store = store or f"sqlite:///{self.db}"
+        self.workers = workers
+        self.env = env or {}
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
@@ -62,7 +68,7 @@ class PacerServer:
         # production floor of 1 s (as an operator facing such an exchange would set it); with the 1 s floor the
         # unreported losses of the last second of a 20 s flight hold 5-8% of its budget past the end.
         env.update(PACER_OPERATOR_TOKEN=self.token, PACER_TICK_MS="100", PACER_LOG_LEVEL="warning",
-                   PACER_TTL_MIN_S="0.3",
+                   PACER_TTL_MIN_S="0.3", **self.env,
                    PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])))
         if self._log is not None:
             self._log.close()
@@ -71,7 +77,8 @@ class PacerServer:
         self._log.write(f"--- start {self.starts} ---\n".encode())
         self._log.flush()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pacer.cli", "serve", "--port", str(self.port), "--store", f"sqlite:///{self.db}"],
+            [sys.executable, "-m", "pacer.cli", "serve", "--port", str(self.port), "--store", self.store,
+             "--workers", str(self.workers)],
             cwd=self.tmp_path, env=env, stdout=self._log, stderr=subprocess.STDOUT,
         )
 

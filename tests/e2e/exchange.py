@@ -87,11 +87,15 @@ class Sample:
 
 class Exchange:
     """Drives one bidder. `client` must have the service as base_url (the exchange never closes it);
-    `status_headers` carry the operator token for GET /v1/bidders/{id}."""
+    `status_headers` carry the operator token for GET /v1/bidders/{id}.
 
-    def __init__(self, client: httpx.AsyncClient, bidder_id: str, auctions: Auctions, t0: float,
-                 status_headers: dict[str, str] | None = None, max_event_posts: int = 4) -> None:
-        self.client = client
+    Given several clients (a fleet), every request goes to the next one in turn, as a round-robin load balancer
+    would send it; one that fails to connect is taken out of the rotation and the request goes to the next."""
+
+    def __init__(self, client: httpx.AsyncClient | list[httpx.AsyncClient], bidder_id: str, auctions: Auctions,
+                 t0: float, status_headers: dict[str, str] | None = None, max_event_posts: int = 4) -> None:
+        self.clients = list(client) if isinstance(client, list) else [client]
+        self._turn = 0
         self.status_headers = status_headers or {}
         self.bidder_id = bidder_id
         self.auctions = auctions
@@ -111,6 +115,7 @@ class Exchange:
         self.accepted = 0  # as answered by /v1/events
         self.duplicates = 0
         self.failed_event_posts = 0
+        self.failovers = 0  # instances taken out of the rotation
         self.errors: list[str] = []  # anything a correct service should never do
         self.samples: list[Sample] = []
         self.decisions: list[tuple[int, str]] = []  # (auction index, "bid" or the reason for no bid)
@@ -130,6 +135,20 @@ class Exchange:
         self._posts: set[asyncio.Task[None]] = set()
         self._slots = asyncio.Semaphore(max_event_posts)
         self._flusher = asyncio.create_task(self._flush_loop())
+
+    async def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """One request to the next instance in turn; with several, a dead one is dropped and the next tried."""
+        while True:
+            client = self.clients[self._turn % len(self.clients)]
+            self._turn += 1
+            try:
+                return await client.request(method, path, **kwargs)
+            except httpx.TransportError:
+                if len(self.clients) == 1:
+                    raise
+                if client in self.clients:
+                    self.clients.remove(client)
+                    self.failovers += 1
 
     # --- the ledger ------------------------------------------------------------------------------------------
 
@@ -180,7 +199,7 @@ class Exchange:
         requests = [{"bidder_id": self.bidder_id, "auction_id": _aid(i), "bid_micros": int(a.value[i])}
                     for i in chunk]
         try:
-            response = await self.client.post("/v1/bids", json={"requests": requests})
+            response = await self._send("POST", "/v1/bids", json={"requests": requests})
         except httpx.TransportError:
             self._halted = True
             return False
@@ -269,7 +288,7 @@ class Exchange:
         self.loss_notices += len(events) - len(wins)
         self.wins_in_flight += len(wins)
         try:
-            response = await self.client.post("/v1/events", json={"events": events})
+            response = await self._send("POST", "/v1/events", json={"events": events})
         except httpx.TransportError:
             self.failed_event_posts += 1
             self.failed_wins.update(wins)
@@ -302,7 +321,7 @@ class Exchange:
         for k in range(0, len(ids), MAX_BATCH):
             events = [{"type": "win", "bidder_id": self.bidder_id, "auction_id": a, "price_micros": self.charged[a]}
                       for a in ids[k:k + MAX_BATCH]]
-            response = await self.client.post("/v1/events", json={"events": events})
+            response = await self._send("POST", "/v1/events", json={"events": events})
             response.raise_for_status()
             body = response.json()
             accepted += body["accepted"]
@@ -336,7 +355,7 @@ class Exchange:
     # --- status ----------------------------------------------------------------------------------------------
 
     async def status(self) -> dict[str, Any]:
-        response = await self.client.get(f"/v1/bidders/{self.bidder_id}", headers=self.status_headers)
+        response = await self._send("GET", f"/v1/bidders/{self.bidder_id}", headers=self.status_headers)
         response.raise_for_status()
         body: dict[str, Any] = response.json()
         return body

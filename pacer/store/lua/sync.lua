@@ -69,7 +69,7 @@ for i = 1, #KEYS / 2 do
     local left = budget - spent
     if want + others_want > left and want > 0 then
       -- Short: each instance gets its share of what is left, in proportion to what it asked for.
-      grant = math.min(grant, math.floor(left * want / (want + others_want)))
+      grant = math.min(grant, math.floor(left * (want / (want + others_want))))  -- exact when alone
     end
     grant = math.max(0, math.min(grant, left - others))
     if grant > 0 then

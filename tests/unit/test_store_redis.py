@@ -1,0 +1,316 @@
+"""RedisStore against real redis-server processes: fleet-wide win dedupe, leases, operator writes, lost data,
+the local journal, scripts flushed by a restart, and Redis Cluster.
+
+Each RedisStore object plays one instance (its own journal folder); several on one Redis are a fleet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+import redis as redis_sync
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pacer.store.base import BidderRecord, StoreError, WinRecord
+from pacer.store.redis import BidderLost, LeaseRequest, RedisStore
+from tests.redis_server import RedisCluster, RedisServer
+
+PERIOD = "flight:1000"
+TTL_MS = 60_000
+DEDUPE_MS = 86_400_000
+Opener = Callable[..., Awaitable[RedisStore]]
+
+
+def record(bidder_id: str, budget: int, known: int = 0, paused: bool = False) -> BidderRecord:
+    config: dict[str, object] = {"budget_micros": budget, "period": {"type": "flight"}, "paused": paused}
+    return BidderRecord(bidder_id, config, known + 1, 1700000000.5)
+
+
+def win(auction_id: str, price: int, bidder_id: str = "b1", period: str = PERIOD) -> WinRecord:
+    return WinRecord(bidder_id, auction_id, price, period, 1000.0)
+
+
+def ask(bidder_id: str, want: int, wins: list[WinRecord] | None = None, known: int = 1) -> LeaseRequest:
+    return LeaseRequest(bidder_id, known, PERIOD, want, 0, wins or [])
+
+
+async def sync_one(store: RedisStore, request: LeaseRequest, ttl_ms: int = TTL_MS):  # type: ignore[no-untyped-def]
+    replies, _ = await store.sync([request], ttl_ms, DEDUPE_MS)
+    return replies[0]
+
+
+def state(server: RedisServer | RedisCluster, bidder_id: str = "b1") -> dict[str, str]:
+    client = (redis_sync.RedisCluster.from_url(server.url) if isinstance(server, RedisCluster)
+              else redis_sync.Redis.from_url(server.url))
+    try:
+        raw = client.hgetall(f"pacer:{{{bidder_id}}}:b")
+        return {k.decode(): v.decode() for k, v in raw.items()}
+    finally:
+        client.close()
+
+
+def live_leases(h: dict[str, str]) -> int:
+    return sum(int(v) for k, v in h.items() if k.startswith("l:"))
+
+
+@pytest.fixture
+async def open_store(tmp_path: Path, redis_server: RedisServer) -> AsyncIterator[Opener]:
+    """Open an instance: a RedisStore with its own journal folder (`name`), on the test's Redis by default."""
+    stores: list[RedisStore] = []
+
+    async def opener(name: str = "i0", url: str | None = None) -> RedisStore:
+        store = RedisStore.from_url(url or redis_server.url, tmp_path / name)
+        await store.open()
+        stores.append(store)
+        return store
+
+    yield opener
+    for s in stores:
+        await s.close()
+
+
+# --- configuration ----------------------------------------------------------------------------------------------
+
+
+async def test_put_load_versions_and_delete(open_store: Opener) -> None:
+    a, b = await open_store("a"), await open_store("b")
+    assert await a.put_bidder(record("b1", 5_000)) == 1
+    assert await b.put_bidder(record("b1", 6_000, known=1)) == 2  # versions are fleet-wide
+    [loaded] = await a.load_bidders()
+    assert (loaded.bidder_id, loaded.version, loaded.config["budget_micros"]) == ("b1", 2, 6_000)
+    await a.delete_bidder("b1")
+    assert await b.load_bidders() == []
+    reply = await sync_one(b, ask("b1", 100))
+    assert reply.status == "deleted" and reply.lease_micros == 0
+
+
+async def test_config_change_reaches_other_instances_at_their_sync(open_store: Opener) -> None:
+    a, b = await open_store("a"), await open_store("b")
+    await a.put_bidder(record("b1", 5_000))
+    first = await sync_one(b, ask("b1", 100, known=1))
+    assert first.config is None, "same version: no config shipped"
+    await a.put_bidder(record("b1", 7_000, known=1, paused=True))
+    second = await sync_one(b, ask("b1", 100, known=1))
+    assert second.version == 2 and second.config is not None and second.config["budget_micros"] == 7_000
+    assert second.lease_micros == 0, "a paused bidder gets no lease"
+
+
+# --- wins -------------------------------------------------------------------------------------------------------
+
+
+async def test_win_counted_once_across_instances_and_retries(open_store: Opener) -> None:
+    a, b = await open_store("a"), await open_store("b")
+    await a.put_bidder(record("b1", 10_000))
+    # The same win reaches both instances (a retry to another instance); each journals it as new locally.
+    assert await a.record_wins([win("x", 700), win("y", 300)]) == [True, True]
+    assert await b.record_wins([win("x", 700)]) == [True]
+    assert await a.record_wins([win("x", 700)]) == [False], "a retry to the same instance is a local duplicate"
+    ra = await sync_one(a, ask("b1", 0, a.take_pending()))
+    rb = await sync_one(b, ask("b1", 0, b.take_pending()))
+    assert (ra.spent_micros, ra.duplicates) == (1_000, [])
+    assert (rb.spent_micros, rb.duplicates) == (1_000, [0])
+
+
+async def test_concurrent_syncs_count_overlapping_wins_once(open_store: Opener) -> None:
+    stores = [await open_store(f"i{n}") for n in range(4)]
+    await stores[0].put_bidder(record("b1", 10**9))
+    wins = [win(f"a{k}", 1 + k) for k in range(200)]
+    # Every instance got an overlapping half of the notices; all four sync at once.
+    for n, s in enumerate(stores):
+        await s.record_wins(wins[n * 33: n * 33 + 100])
+    replies = await asyncio.gather(*(sync_one(s, ask("b1", 0, s.take_pending())) for s in stores))
+    seen = {w.auction_id for n in range(4) for w in wins[n * 33: n * 33 + 100]}
+    expected = sum(w.price_micros for w in wins if w.auction_id in seen)
+    assert max(r.spent_micros for r in replies) == expected
+    assert sum(100 - len(r.duplicates) for r in replies) == len(seen), "each win counted by exactly one instance"
+
+
+async def test_money_keeps_every_digit(open_store: Opener, redis_server: RedisServer) -> None:
+    """Lua formats numbers with 14 significant digits; budgets, spend and leases must not lose any."""
+    s = await open_store()
+    budget = 10**15 - 7
+    await s.put_bidder(record("b1", budget))
+    reply = await sync_one(s, ask("b1", budget, [win("x", 123_456_789_011)]))
+    assert reply.spent_micros == 123_456_789_011
+    assert reply.lease_micros == budget - 123_456_789_011, "all that is left, to the micro"
+    h = state(redis_server)
+    assert h["bud"] == str(budget) and int(h[f"s:{PERIOD}"]) == 123_456_789_011
+    assert int(h[f"l:{s.instance}"]) == budget - 123_456_789_011
+
+
+# --- leases -----------------------------------------------------------------------------------------------------
+
+
+async def test_leases_never_exceed_what_is_left(open_store: Opener) -> None:
+    a, b = await open_store("a"), await open_store("b")
+    await a.put_bidder(record("b1", 1_000))
+    assert (await sync_one(a, ask("b1", 600))).lease_micros == 600
+    # b asks for 600 too: short, so each gets its share of what is left, and never more than is free.
+    rb = await sync_one(b, ask("b1", 600))
+    assert rb.lease_micros == 400 and rb.fleet_leased_micros == 1_000
+    # a reports 500 spent and asks again: its lease is renewed out of what is left.
+    ra = await sync_one(a, ask("b1", 600, [win("x", 500)]))
+    assert ra.spent_micros == 500
+    assert ra.lease_micros == 100, "spent 500 + b's 400 + a's new lease <= 1000"
+
+
+async def test_idle_instance_returns_its_lease(open_store: Opener) -> None:
+    a, b = await open_store("a"), await open_store("b")
+    await a.put_bidder(record("b1", 1_000))
+    await sync_one(a, ask("b1", 900))
+    assert (await sync_one(b, ask("b1", 900))).lease_micros == 100
+    assert (await sync_one(a, ask("b1", 0))).lease_micros == 0  # a went idle
+    assert (await sync_one(b, ask("b1", 900))).lease_micros == 900
+
+
+async def test_dead_instance_lease_returns_after_its_ttl(open_store: Opener, redis_server: RedisServer) -> None:
+    a, b = await open_store("a"), await open_store("b")
+    await a.put_bidder(record("b1", 1_000))
+    await sync_one(a, LeaseRequest("b1", 1, PERIOD, 800, 200, []), ttl_ms=300)  # a then dies: no more syncs
+    assert (await sync_one(b, ask("b1", 1_000))).lease_micros == 200
+    # Expiry is on Redis's clock: wait until a's lease (ttl 300 ms + hold 200 ms) has lapsed there.
+    expires = int(state(redis_server)[f"e:{a.instance}"])
+    client = redis_sync.Redis.from_url(redis_server.url)
+    while True:
+        seconds, micros = client.time()
+        if seconds * 1000 + micros // 1000 > expires:
+            break
+        await asyncio.sleep(0.05)  # a clock in another process: a bounded wait for it to pass a time
+    client.close()
+    assert (await sync_one(b, ask("b1", 1_000))).lease_micros == 1_000
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(steps=st.lists(st.tuples(st.integers(0, 2), st.integers(0, 400), st.floats(0, 1)), min_size=1, max_size=40),
+       budget=st.integers(1, 2_000))
+async def test_property_spent_plus_leases_never_above_budget(
+        tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServer,
+        steps: list[tuple[int, int, float]], budget: int) -> None:
+    """Three instances each spend some of what they hold, then sync, in any order: spent + live leases stays
+    within the budget, and spent is exactly the sum of the wins."""
+    folder = tmp_path_factory.mktemp("prop")
+    stores = [RedisStore.from_url(redis_server.url, folder / f"i{n}") for n in range(3)]
+    bidder = f"p{folder.name}"
+    for s in stores:
+        await s.open()
+    try:
+        await stores[0].put_bidder(record(bidder, budget))
+        held = [0, 0, 0]
+        total = 0
+        for k, (n, want, use) in enumerate(steps):
+            price = int(held[n] * use)  # an instance spends only what its lease covers (the ledger's promise)
+            wins = [win(f"w{k}", price, bidder)] if price > 0 else []
+            total += price
+            reply = await sync_one(stores[n], LeaseRequest(bidder, 1, PERIOD, want, 0, wins))
+            held[n] = reply.lease_micros
+            h = state(redis_server, bidder)
+            assert int(h.get(f"s:{PERIOD}", 0)) == total == reply.spent_micros
+            assert total + live_leases(h) <= budget
+    finally:
+        for s in stores:
+            await s.close()
+
+
+# --- lost data and restore --------------------------------------------------------------------------------------
+
+
+async def test_lost_state_is_reported_not_reset(open_store: Opener, redis_server: RedisServer) -> None:
+    s = await open_store()
+    await s.put_bidder(record("b1", 1_000))
+    await sync_one(s, ask("b1", 100, [win("x", 300)]))
+    redis_server.kill()
+    redis_server.wipe()
+    redis_server.start()
+    # Scripts were flushed with the data: the store reloads them by itself.
+    reply = await sync_one(s, ask("b1", 100, [win("y", 50)]))
+    assert reply.status == "lost" and reply.lease_micros == 0
+    assert state(redis_server) == {}, "nothing written for a lost bidder: spend is not restarted at zero"
+    with pytest.raises(BidderLost):
+        await s.put_bidder(record("b1", 1_000, known=1))
+    version = await s.restore_bidder(record("b1", 1_000), PERIOD, 300)
+    after = await sync_one(s, ask("b1", 100, [win("y", 50)], known=version))
+    assert (after.status, after.spent_micros, after.lease_micros) == ("ok", 350, 100)
+    assert after.incarnation != 0
+
+
+async def test_scripts_reload_after_script_flush(open_store: Opener, redis_server: RedisServer) -> None:
+    s = await open_store()
+    await s.put_bidder(record("b1", 1_000))
+    redis_sync.Redis.from_url(redis_server.url).script_flush()
+    assert (await sync_one(s, ask("b1", 100))).lease_micros == 100
+    await s.put_bidder(record("b1", 2_000, known=1))
+
+
+async def test_redis_down_is_a_store_error_fast(open_store: Opener, redis_server: RedisServer) -> None:
+    s = await open_store()
+    await s.put_bidder(record("b1", 1_000))
+    await s.record_wins([win("x", 10)])
+    redis_server.stop()
+    pending = s.take_pending()
+    with pytest.raises(StoreError):
+        await s.sync([ask("b1", 100, pending)], TTL_MS, DEDUPE_MS)
+    assert await s.ping() is False
+    assert await s.record_wins([win("y", 20)]) == [True], "events still journal while Redis is down"
+
+
+# --- journal ----------------------------------------------------------------------------------------------------
+
+
+async def test_unsynced_wins_survive_a_restart_and_orphans_are_adopted(tmp_path: Path, open_store: Opener,
+                                                                      redis_server: RedisServer) -> None:
+    folder = tmp_path / "shared"
+    first = RedisStore.from_url(redis_server.url, folder)
+    await first.open()
+    await first.put_bidder(record("b1", 10_000))
+    await first.record_wins([win("x", 40), win("y", 2)])
+    second = RedisStore.from_url(redis_server.url, folder)
+    await second.open()  # first is alive: second takes the next journal and adopts nothing
+    assert second.pending() == []
+    await first.close()  # first "dies" with two unshipped wins
+    third = RedisStore.from_url(redis_server.url, folder)
+    await third.open()  # gets first's journal back (the lowest free one)
+    assert sorted(w.auction_id for w in third.pending()) == ["x", "y"]
+    await third.close()
+    await second.close()
+    fourth = RedisStore.from_url(redis_server.url, folder)
+    await fourth.open()
+    try:
+        assert sorted(w.auction_id for w in fourth.pending()) == ["x", "y"]
+        reply = await sync_one(fourth, ask("b1", 0, fourth.take_pending()))
+        assert reply.spent_micros == 42
+    finally:
+        await fourth.close()
+
+
+# --- Redis Cluster ----------------------------------------------------------------------------------------------
+
+
+async def test_cluster_sync_across_slots(tmp_path: Path, redis_cluster: RedisCluster) -> None:
+    stores = [RedisStore.from_url(redis_cluster.url, tmp_path / f"c{n}") for n in range(2)]
+    for s in stores:
+        await s.open()
+    try:
+        assert all(s.cluster for s in stores)
+        ids = [f"bidder-{k}" for k in range(30)]  # spread over all three masters
+        for bidder_id in ids:
+            await stores[0].put_bidder(record(bidder_id, 1_000))
+        assert sorted(r.bidder_id for r in await stores[1].load_bidders()) == sorted(ids)
+        for s in stores:
+            await s.record_wins([win("same", 10, b) for b in ids] + [win(f"own-{s.instance}", 5, b) for b in ids])
+        results = [await s.sync(_per_bidder(s, ids), TTL_MS, DEDUPE_MS) for s in stores]
+        last, _ = results[-1]
+        assert [r.spent_micros for r in last] == [20] * len(ids), "10 once + 5 from each instance"
+        assert all(r.lease_micros == 100 for r in last)
+        assert state(redis_cluster, "bidder-7")[f"s:{PERIOD}"] == "20"
+    finally:
+        for s in stores:
+            await s.close()
+
+
+def _per_bidder(store: RedisStore, ids: list[str]) -> list[LeaseRequest]:
+    pending = store.take_pending()
+    return [ask(b, 100, [w for w in pending if w.bidder_id == b]) for b in ids]
