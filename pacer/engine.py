@@ -182,6 +182,7 @@ class Engine:
         self.losses = 0
         self.duplicates = 0
         self.expired_micros = 0
+        self.lease_short = 0  # bids refused because a lease (not the budget) ran short: the fleet syncs early
 
     # --- configuration -------------------------------------------------------------------------------------
 
@@ -262,11 +263,10 @@ class Engine:
         if available <= 0:
             return self._deny(BUDGET_UNKNOWN if bidder.lost else NO_BUDGET)
         if price > available:
-            if ledger.limit is not None:
-                # A lease, not the budget, is short: ask for more at the next sync rather than bid low.
+            if ledger.limit is not None:  # a lease, not the budget, is short: ask for more at the next sync
                 bidder.short += price
-                return self._deny(NO_BUDGET)
-            price = available  # the budget's last micros stay spendable: bid what is left rather than nothing
+                self.lease_short += 1
+            price = available  # the last micros stay spendable: bid what is left rather than nothing
         ledger.reserve(auction_id, price, now)
         self.decisions["bid"] += 1
         return price, ""

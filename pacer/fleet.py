@@ -71,8 +71,9 @@ class Fleet:
             log.warning("no sync with the fleet store for %.1f s: leases lapsed, granting nothing until it is back",
                         self.lease_ttl_s)
 
-    async def sync(self) -> None:
-        """One sync: raises StoreError if Redis did not answer (the wins stay queued for the next one)."""
+    async def sync(self, final: bool = False) -> None:
+        """One sync: raises StoreError if Redis did not answer (the wins stay queued for the next one). The final
+        one, at shutdown, hands every lease back."""
         started = time.monotonic()
         wins = self.store.take_pending()
         by_bidder: dict[str, list[WinRecord]] = defaultdict(list)
@@ -81,7 +82,7 @@ class Fleet:
         dt = max(started - self._last, 1e-3)
         self._last = started
         bidders = list(self.engine.bidders.values())
-        requests = [self._request(b, by_bidder.pop(b.bidder_id, []), dt) for b in bidders]
+        requests = [self._request(b, by_bidder.pop(b.bidder_id, []), dt, final) for b in bidders]
         # Wins for bidders this instance does not run (deleted, or not discovered yet) still count in Redis.
         requests += [LeaseRequest(bidder_id, -1, ws[0].period_key, 0, 0, ws) for bidder_id, ws in by_bidder.items()]
         try:
@@ -118,7 +119,7 @@ class Fleet:
         self.synced_at = time.time()
         self.last_sync_s = time.monotonic() - started
 
-    def _request(self, bidder: Bidder, wins: list[WinRecord], dt: float) -> LeaseRequest:
+    def _request(self, bidder: Bidder, wins: list[WinRecord], dt: float, final: bool) -> LeaseRequest:
         ledger = bidder.ledger
         key = bidder.window.key
         shipped = sum(w.price_micros for w in wins if w.period_key == key)
@@ -128,9 +129,9 @@ class Fleet:
         now = self.engine.clock()
         h = self.horizon_s
         starting = now + h >= bidder.window.start and now < bidder.ends_at
-        want = ledger.reserved
+        want = 0 if final else ledger.reserved
         short, bidder.short = bidder.short, 0
-        if starting and not bidder.config.paused and not bidder.lost:
+        if starting and not bidder.config.paused and not bidder.lost and not final:
             # Never less than the whole fleet's even share of what is left over the horizon (a bidder new to this
             # instance, or quiet so far, can bid at once), nor than the bids refused for want of lease.
             left = max(0, ledger.budget - ledger.spent)

@@ -64,6 +64,8 @@ class Service:
         self.http = HttpMetrics()
         self._tasks: list[asyncio.Task[None]] = []
         self._lock = asyncio.Lock()  # operator writes to one store+engine, in order
+        self._sync_now = asyncio.Event()  # a lease ran short: sync at the next tick rather than wait
+        self._short_seen = 0
 
     async def start(self) -> None:
         """Open the store, rebuild every bidder with its recorded spend, hold back pre-crash reservations."""
@@ -93,7 +95,10 @@ class Service:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         with contextlib.suppress(StoreError):
-            await self._snapshot()
+            if self.fleet is not None:
+                await self.fleet.sync(final=True)  # ship what is journaled, hand the leases back
+            else:
+                await self._snapshot()
         await self.store.close()
 
     # --- background loops -----------------------------------------------------------------------------------
@@ -103,13 +108,18 @@ class Service:
             await asyncio.sleep(self.tick_s)  # a periodic timer, not a stand-in for synchronisation
             if self.fleet is not None:
                 self.fleet.check_lease()
+                if self.engine.lease_short != self._short_seen:
+                    self._short_seen = self.engine.lease_short
+                    self._sync_now.set()
             for _ in self.engine.tick_steps():
                 await asyncio.sleep(0)  # let waiting bids through between chunks
 
     async def _sync_loop(self) -> None:
         last_prune = 0.0
         while True:
-            await asyncio.sleep(self.sync_s)
+            with contextlib.suppress(TimeoutError):  # the sync period, or earlier when a lease ran short
+                await asyncio.wait_for(self._sync_now.wait(), self.sync_s)
+            self._sync_now.clear()
             try:
                 if self.fleet is not None:
                     async with self._lock:  # operator writes and config changes from the fleet apply in order
