@@ -183,6 +183,9 @@ class Engine:
         self.duplicates = 0
         self.expired_micros = 0
         self.lease_short = 0  # bids refused because a lease (not the budget) ran short: the fleet syncs early
+        # Fleet: notices for auctions this instance holds no reservation for; fleet.py relays them to the others
+        # so the instance that granted the bid frees its reservation now rather than at expiry.
+        self.foreign: list[tuple[str, str]] = []
 
     # --- configuration -------------------------------------------------------------------------------------
 
@@ -292,6 +295,8 @@ class Engine:
         else:
             self.late_wins += 1
             bidder.unmatched_spent += price_micros
+            if self.leased:
+                self.foreign.append((bidder_id, auction_id))
 
     def duplicate(self, bidder_id: str, auction_id: str) -> None:
         """A win recorded before: nothing is charged, but its reservation (if any) is settled."""
@@ -301,6 +306,13 @@ class Engine:
     def loss(self, bidder_id: str, auction_id: str, count: bool = True) -> None:
         if count:
             self.losses += 1
+        bidder = self.bidders.get(bidder_id)
+        if bidder is not None and not bidder.ledger.release(auction_id) and self.leased:
+            self.foreign.append((bidder_id, auction_id))
+
+    def settled_elsewhere(self, bidder_id: str, auction_id: str) -> None:
+        """Another instance got this auction's notice: free the reservation if this instance granted the bid
+        (a win was charged there; a loss costs nothing). Nothing is charged here."""
         bidder = self.bidders.get(bidder_id)
         if bidder is not None:
             bidder.ledger.release(auction_id)

@@ -11,6 +11,8 @@ so wins on bids granted under it are still covered).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 from collections import defaultdict
@@ -18,11 +20,13 @@ from collections import defaultdict
 from pacer.engine import Bidder, Engine
 from pacer.periods import window_at
 from pacer.service import config_from_json
-from pacer.store.base import WinRecord
+from pacer.store.base import StoreError, WinRecord
 from pacer.store.redis import LeaseReply, LeaseRequest, RedisStore
 
 log = logging.getLogger("pacer")
 
+RELAY_S = 0.02  # how often notices for other instances' reservations are relayed
+RESUBSCRIBE_S = 1.0  # wait before listening again after the connection dropped
 GROWTH = 2.0  # a lease is twice the recent spend over the horizon: room to double each sync when demand grows
 RATE_SMOOTHING = 0.5  # weight of the newest sync interval in the spend-rate average
 
@@ -61,6 +65,29 @@ class Fleet:
     @property
     def lost(self) -> list[str]:
         return sorted(b.bidder_id for b in self.engine.bidders.values() if b.lost)
+
+    async def relay(self) -> None:
+        """Round-robin load balancers send most notices to an instance that did not grant the bid. Relay them, so
+        the granting instance frees the reservation within milliseconds instead of holding it (and the lease it
+        uses) until it expires. Best effort both ways: expiry remains the fallback."""
+        await asyncio.gather(self._publish_loop(), self._listen_loop())
+
+    async def _publish_loop(self) -> None:
+        while True:
+            await asyncio.sleep(RELAY_S)  # a periodic timer: batches the notices of many requests
+            notices, self.engine.foreign = self.engine.foreign, []
+            if notices:
+                with contextlib.suppress(StoreError):
+                    await self.store.publish_settled(notices)
+
+    async def _listen_loop(self) -> None:
+        while True:
+            try:
+                async for notices in self.store.settled():
+                    for bidder_id, auction_id in notices:
+                        self.engine.settled_elsewhere(bidder_id, auction_id)
+            except StoreError:
+                await asyncio.sleep(RESUBSCRIBE_S)  # Redis is down; the sync loop says so
 
     def check_lease(self) -> None:
         """Called every tick: once the leases have lapsed without a sync, stop committing anything new."""

@@ -87,6 +87,8 @@ class Service:
         self.engine.tick()
         log.info("loaded %d bidders", len(records))
         self._tasks = [asyncio.create_task(self._tick_loop()), asyncio.create_task(self._sync_loop())]
+        if self.fleet is not None:
+            self._tasks.append(asyncio.create_task(self.fleet.relay()))
 
     async def stop(self) -> None:
         for task in self._tasks:

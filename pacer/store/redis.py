@@ -19,7 +19,7 @@ import json
 import os
 import socket
 import uuid
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -309,6 +309,36 @@ class RedisStore:
                 replies[i] = _reply(raw)
         seq = int(results[-1] or 0)
         return [r for r in replies if r is not None], seq
+
+    # --- notices relayed between instances -----------------------------------------------------------------------
+
+    @property
+    def _channel(self) -> str:
+        return f"{self.prefix}:settled"
+
+    async def publish_settled(self, notices: list[tuple[str, str]]) -> None:
+        """Tell the other instances which auctions' notices reached this one (best effort: a lost message only
+        means a reservation elsewhere waits for its expiry)."""
+        await self._call(self._client().publish(self._channel, json.dumps([self.instance, notices])))
+
+    async def settled(self) -> AsyncIterator[list[tuple[str, str]]]:
+        """Notices the other instances relay, as they arrive. Raises StoreError when the connection drops."""
+        pubsub = self._client().pubsub()
+        try:
+            await self._call(pubsub.subscribe(self._channel))
+            while True:
+                try:
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=None)
+                except (RedisError, OSError) as exc:
+                    raise StoreError(f"redis: {exc}") from exc
+                if message is None:
+                    continue
+                sender, notices = json.loads(message["data"])
+                if sender != self.instance:
+                    yield [(bidder_id, auction_id) for bidder_id, auction_id in notices]
+        finally:
+            with contextlib.suppress(RedisError, OSError):
+                await pubsub.aclose()
 
     # --- machinery ----------------------------------------------------------------------------------------------
 

@@ -183,9 +183,9 @@ async def test_workers_share_one_budget(redis_server: RedisServer, fleet_factory
     [server] = await fleet_factory(redis_server.url, 1, workers=3)
     clients = clients_for([server])
     try:
-        run = await fly_fleet(clients, [server], "workers-1", flight_s=12.0, budget_share=0.25, seed=22)
+        run = await fly_fleet(clients, [server], "workers-1", flight_s=20.0, budget_share=0.25, seed=22)
         spent = redis_spend(redis_server.url, "workers-1")
-        report("pacer serve --workers 3 + Redis, 12 s flight", run, spent)
+        report("pacer serve --workers 3 + Redis, 20 s flight", run, spent)
         check_money(run, spent)
         assert run.charged / run.budget >= 0.97
     finally:
@@ -238,7 +238,8 @@ async def test_redis_stopped_and_restarted_with_aof(redis_server: RedisServer, f
                               during=outage_of_5s)
         spent = redis_spend(redis_server.url, "outage-1")
         report("3 instances, Redis down for 5 s at 30% of the flight", run, spent)
-        lapsed = decisions_between(run, outage[0] + LEASE_TTL_S + 0.5, outage[1])
+        # From the lease TTL after Redis went (plus a tick) until just before it was back.
+        lapsed = decisions_between(run, outage[0] + LEASE_TTL_S + 0.5, outage[1] - 0.5)
         print(f"outage {outage[1] - outage[0]:.1f}s; decisions once the leases had lapsed: {dict(lapsed)}")
         check_money(run, spent)  # no 5xx, no hang, nothing lost, nothing counted twice
         assert lapsed["bid"] == 0, "leases lapsed: nothing may be granted until Redis is back"
@@ -315,7 +316,7 @@ async def test_operator_changes_reach_every_instance(redis_server: RedisServer, 
 
     async def seen_everywhere(check: Callable[[httpx.Response], bool]) -> float:
         began = time.monotonic()
-        while not all(check(await x.get("/v1/bidders/op-1", headers=HEADERS)) for x in clients):
+        while not all([check(await x.get("/v1/bidders/op-1", headers=HEADERS)) for x in clients]):
             assert time.monotonic() - began < CONVERGE_TIMEOUT_S
             await asyncio.sleep(0.02)
         return time.monotonic() - began
@@ -343,13 +344,13 @@ async def test_redis_cluster_fleet(redis_cluster: RedisCluster, fleet_factory: A
     clients = clients_for(servers)
     try:
         ids = ["cluster-a", "cluster-b", "cluster-c"]  # hash tags on different masters
-        runs = await asyncio.gather(*(fly_fleet(clients, servers, b, flight_s=10.0, budget_share=0.25, seed=30 + k)
+        runs = await asyncio.gather(*(fly_fleet(clients, servers, b, flight_s=15.0, budget_share=0.25, seed=30 + k)
                                       for k, b in enumerate(ids)))
         for bidder_id, run in zip(ids, runs, strict=True):
             spent = redis_spend(redis_cluster.url, bidder_id, cluster=True)
             report(f"2 instances + 3-master Redis Cluster: {bidder_id}", run, spent)
             check_money(run, spent)
-            assert run.charged / run.budget >= 0.95
+            assert run.charged / run.budget >= 0.95  # three flights at once on two instances: a busier machine
     finally:
         for c in clients:
             await c.aclose()
