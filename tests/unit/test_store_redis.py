@@ -314,3 +314,36 @@ async def test_cluster_sync_across_slots(tmp_path: Path, redis_cluster: RedisClu
 def _per_bidder(store: RedisStore, ids: list[str]) -> list[LeaseRequest]:
     pending = store.take_pending()
     return [ask(b, 100, [w for w in pending if w.bidder_id == b]) for b in ids]
+
+
+async def test_overspend_bound_is_the_leases_of_instances_that_died_unsynced(tmp_path: Path,
+                                                                            redis_server: RedisServer) -> None:
+    """The documented worst case (docs/architecture.md, "Fleet overspend bound"): N instances spend their whole
+    lease, acknowledge the wins (journaled) and die before syncing; their leases lapse and a survivor spends
+    everything that is left; then their journals are replayed. Overspend = the leases they held <= N x L_max."""
+    budget, lease, ttl_ms = 100_000, 10_000, 300
+    dead = [RedisStore.from_url(redis_server.url, tmp_path / f"dead{n}") for n in range(3)]
+    survivor = RedisStore.from_url(redis_server.url, tmp_path / "survivor")
+    for s in (*dead, survivor):
+        await s.open()
+    await survivor.put_bidder(record("b1", budget))
+    held = []
+    for n, s in enumerate(dead):
+        held.append((await sync_one(s, ask("b1", lease), ttl_ms=ttl_ms)).lease_micros)
+        await s.record_wins([win(f"d{n}", held[-1])])  # spends it all; the 200 went out, then kill -9
+        await s.close()
+    assert held == [lease] * 3
+    # Until the dead leases lapse on Redis's clock, the survivor can have only what nobody holds.
+    first = await sync_one(survivor, ask("b1", budget))
+    assert first.lease_micros == budget - sum(held)
+    while (second := await sync_one(survivor, ask("b1", budget, [win("s0", first.lease_micros)]))).lease_micros == 0:
+        await asyncio.sleep(0.05)  # Redis's clock passing the dead leases' expiry: a bounded wait on another process
+    await sync_one(survivor, ask("b1", 0, [win("s1", second.lease_micros)]))
+    await survivor.close()
+    for n in range(3):  # the dead come back (or a sibling adopts their journals): their wins count, once
+        back = RedisStore.from_url(redis_server.url, tmp_path / f"dead{n}")
+        await back.open()
+        await sync_one(back, ask("b1", 0, back.take_pending()))
+        await back.close()
+    spent = int(state(redis_server)[f"s:{PERIOD}"])
+    assert spent - budget == sum(held) <= len(dead) * lease, "overspend is exactly the bound in its worst case"
