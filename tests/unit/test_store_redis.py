@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pacer.store.base import BidderRecord, StoreError, WinRecord
-from pacer.store.redis import BidderLost, LeaseRequest, RedisStore
+from pacer.store.redis import BidderLost, LeaseReply, LeaseRequest, RedisStore
 from tests.redis_server import RedisCluster, RedisServer
 
 PERIOD = "flight:1000"
@@ -38,7 +38,7 @@ def ask(bidder_id: str, want: int, wins: list[WinRecord] | None = None, known: i
     return LeaseRequest(bidder_id, known, PERIOD, want, 0, wins or [])
 
 
-async def sync_one(store: RedisStore, request: LeaseRequest, ttl_ms: int = TTL_MS):  # type: ignore[no-untyped-def]
+async def sync_one(store: RedisStore, request: LeaseRequest, ttl_ms: int = TTL_MS) -> LeaseReply:
     replies, _ = await store.sync([request], ttl_ms, DEDUPE_MS)
     return replies[0]
 
