@@ -263,12 +263,12 @@ class Engine:
         if price < 1:
             return self._deny(PACED)
         available = ledger.available
-        if available <= 0:
-            return self._deny(BUDGET_UNKNOWN if bidder.lost else NO_BUDGET)
         if price > available:
             if ledger.limit is not None:  # a lease, not the budget, is short: ask for more at the next sync
                 bidder.short += price
                 self.lease_short += 1
+            if available <= 0:
+                return self._deny(BUDGET_UNKNOWN if bidder.lost else NO_BUDGET)
             price = available  # the last micros stay spendable: bid what is left rather than nothing
         ledger.reserve(auction_id, price, now)
         self.decisions["bid"] += 1

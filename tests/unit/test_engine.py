@@ -205,3 +205,26 @@ def test_a_slot_reused_during_a_stepped_tick_is_not_updated_with_its_old_owners_
         pass
     assert eng.bidders["new"].slot == 0
     assert eng.controller.u_i[0] == 0.0 and eng.bidders["new"].multiplier == 1.0  # a fresh start (m_start=1)
+
+
+def test_leased_engine_spends_only_its_lease_and_settles_across_instances() -> None:
+    """A fleet instance: nothing before a lease; the lease caps grants; a lost bidder says budget_unknown; notices
+    for auctions it did not grant are queued for relay, and a relayed notice frees its own reservation."""
+    clock = ManualClock(T0)
+    eng = Engine(clock, EngineParams(control=ControlParams(m_start=1.0)), rng=random.Random(7), leased=True)
+    bidder = eng.configure("b", flight(10_000))
+    assert eng.decide("b", "a0", 100) == (0, "no_budget"), "no lease before the first sync"
+    assert bidder.short == 100 and eng.lease_short == 1, "the refused demand is asked for at the next sync"
+    bidder.ledger.limit = bidder.ledger.spent + 1_500  # what fleet.py sets from a sync reply
+    assert eng.decide("b", "a1", 1_000) == (1_000, "")
+    assert eng.decide("b", "a2", 1_000) == (500, ""), "what is left of the lease"
+    assert eng.decide("b", "a3", 1_000) == (0, "no_budget")
+    eng.loss("b", "elsewhere-1")
+    eng.win("b", "elsewhere-2", 300)
+    assert eng.foreign == [("b", "elsewhere-1"), ("b", "elsewhere-2")]
+    eng.settled_elsewhere("b", "a1")  # another instance got a1's notice
+    assert bidder.ledger.reserved == 500
+    bidder.lost = True
+    bidder.ledger.limit = 0
+    assert eng.decide("b", "a4", 10) == (0, "budget_unknown")
+    assert bidder.state(clock()) == "store_lost"

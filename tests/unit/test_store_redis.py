@@ -257,6 +257,24 @@ async def test_redis_down_is_a_store_error_fast(open_store: Opener, redis_server
     assert await s.record_wins([win("y", 20)]) == [True], "events still journal while Redis is down"
 
 
+async def test_notices_are_relayed_to_the_other_instances(open_store: Opener) -> None:
+    a, b = await open_store("a"), await open_store("b")
+    received: list[list[tuple[str, str]]] = []
+
+    async def listen() -> None:
+        async for notices in b.settled():
+            received.append(notices)
+            return
+
+    task = asyncio.create_task(listen())
+    deadline = asyncio.get_running_loop().time() + 5.0
+    while not task.done():  # publish until b's subscription is up: pub/sub keeps nothing for late subscribers
+        await a.publish_settled([("b1", "auction-9")])
+        await asyncio.wait({task}, timeout=0.02)
+        assert asyncio.get_running_loop().time() < deadline
+    assert received == [[("b1", "auction-9")]]
+
+
 # --- journal ----------------------------------------------------------------------------------------------------
 
 
