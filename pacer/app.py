@@ -293,8 +293,7 @@ def create_app(settings: Settings | None = None) -> PacerApp:
         ttl_initial_s=settings.ttl_initial_s, control=ControlParams(),
     )
     store = open_store(settings.store, settings.journal_dir)
-    shared = isinstance(store, RedisStore)
-    engine = Engine(wall_clock, params, _curve(settings), leased=shared)
+    engine = Engine(wall_clock, params, _curve(settings), leased=isinstance(store, RedisStore))
     dedupe_s = settings.dedupe_days * 86400
     service = Service(engine, store, params.tick_s, settings.sync_ms / 1000, dedupe_s)
     if isinstance(store, RedisStore):

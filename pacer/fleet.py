@@ -18,8 +18,7 @@ import time
 from collections import defaultdict
 
 from pacer.engine import Bidder, Engine
-from pacer.periods import window_at
-from pacer.service import config_from_json
+from pacer.service import config_from_json, load_bidders
 from pacer.store.base import StoreError, WinRecord
 from pacer.store.redis import LeaseReply, LeaseRequest, RedisStore
 
@@ -53,7 +52,7 @@ class Fleet:
         self.fleet_leased = 0
         self.duplicates = 0  # wins another instance had already counted
         self._rate: dict[str, float] = {}  # bidder -> recent spend rate here, micros/s
-        self._known_spent: dict[tuple[str, str], int] = {}  # (bidder, period) -> fleet spend at the last sync
+        self._known_spent: dict[str, tuple[str, int]] = {}  # bidder -> (period, fleet spend) at the last sync
         self._incarnation: dict[str, int] = {}
         self._last = time.monotonic()
 
@@ -178,19 +177,18 @@ class Fleet:
 
     def _apply(self, bidder: Bidder, request: LeaseRequest, reply: LeaseReply, unsynced: int) -> None:
         bidder_id = bidder.bidder_id
-        key = (bidder_id, request.period_key)
         if reply.status == "deleted":
             self.engine.remove(bidder_id)
-            self.versions.pop(bidder_id, None)
-            self._rate.pop(bidder_id, None)
-            self._incarnation.pop(bidder_id, None)
+            for state in (self.versions, self._rate, self._incarnation, self._known_spent):
+                state.pop(bidder_id, None)
             return
         known_inc = self._incarnation.get(bidder_id)
         restored = known_inc is not None and reply.status == "ok" and reply.incarnation != known_inc
-        went_back = not restored and reply.spent_micros < self._known_spent.get(key, 0)
+        period, known = self._known_spent.get(bidder_id, (request.period_key, 0))
+        went_back = not restored and period == request.period_key and reply.spent_micros < known
         if reply.status == "lost" or went_back:
             self._lose(bidder, "no state in Redis" if reply.status == "lost" else
-                       f"spend went back from {self._known_spent.get(key, 0)} to {reply.spent_micros}")
+                       f"spend went back from {known} to {reply.spent_micros}")
             return
         self._incarnation[bidder_id] = reply.incarnation
         if bidder.lost or restored:
@@ -201,7 +199,7 @@ class Fleet:
             self.versions[bidder_id] = reply.version
             if bidder.window.key != request.period_key:
                 return  # the new config starts another period: its lease comes with the next sync
-        self._known_spent[key] = reply.spent_micros
+        self._known_spent[bidder_id] = (request.period_key, reply.spent_micros)
         ledger = bidder.ledger
         if bidder.window.key == request.period_key:
             ledger.spent = reply.spent_micros + unsynced
@@ -218,15 +216,5 @@ class Fleet:
         """Bidders created on other instances: configure them (no lease until the next sync)."""
         records = await self.store.load_bidders()
         new = [r for r in records if r.bidder_id not in self.engine.bidders]
-        if not new:
-            return
-        now = self.engine.clock()
-        configs = {r.bidder_id: config_from_json(r.config) for r in new}
-        keys = [(r.bidder_id, window_at(configs[r.bidder_id].period, now).key) for r in new]
-        spend = await self.store.load_spend(keys)
-        for record, key in zip(new, keys, strict=True):
-            if record.bidder_id in self.engine.bidders:
-                continue  # created here while we were reading
-            self.engine.configure(record.bidder_id, configs[record.bidder_id], spend[key])
-            self.versions[record.bidder_id] = record.version
-            self._known_spent[key] = spend[key]
+        if new:
+            await load_bidders(self.engine, self.store, new, self.versions)

@@ -51,6 +51,19 @@ def config_from_json(doc: dict[str, object]) -> BidderConfig:
     )
 
 
+async def load_bidders(engine: Engine, store: Store, records: list[BidderRecord], versions: dict[str, int]) -> None:
+    """Configure each stored bidder the engine does not run yet, with its recorded spend in its current period
+    (at start, and in a fleet for bidders created on other instances)."""
+    now = engine.clock()
+    configs = {r.bidder_id: config_from_json(r.config) for r in records}
+    keys = [(r.bidder_id, window_at(configs[r.bidder_id].period, now).key) for r in records]
+    spend = await store.load_spend(keys)
+    for record, key in zip(records, keys, strict=True):
+        if record.bidder_id not in engine.bidders:  # else configured here while the store was read
+            engine.configure(record.bidder_id, configs[record.bidder_id], spend[key])
+            versions[record.bidder_id] = record.version
+
+
 class Service:
     def __init__(self, engine: Engine, store: Store, tick_s: float, sync_s: float, dedupe_s: float) -> None:
         self.engine = engine
@@ -71,13 +84,8 @@ class Service:
         """Open the store, rebuild every bidder with its recorded spend, hold back pre-crash reservations."""
         await self.store.open()
         records = await self.store.load_bidders()
+        await load_bidders(self.engine, self.store, records, self.versions)
         now = self.engine.clock()
-        configs = {r.bidder_id: config_from_json(r.config) for r in records}
-        keys = [(bidder_id, window_at(c.period, now).key) for bidder_id, c in configs.items()]
-        spend = await self.store.load_spend(keys)
-        for (bidder_id, key), record in zip(keys, records, strict=True):
-            self.engine.configure(bidder_id, configs[bidder_id], spend[bidder_id, key])
-            self.versions[bidder_id] = record.version
         for bidder_id, (micros, until) in (await self.store.load_reserved()).items():
             bidder = self.engine.bidders.get(bidder_id)
             if bidder is not None and until > now and micros > 0:

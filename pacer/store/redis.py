@@ -303,12 +303,11 @@ class RedisStore:
         for r in results:
             if isinstance(r, Exception):
                 raise StoreError(f"redis sync: {r}")
-        replies: list[LeaseReply | None] = [None] * len(requests)
-        for (members, _, _), group in zip(calls, results, strict=False):
+        replies: dict[int, LeaseReply] = {}
+        for (members, _, _), group in zip(calls, results[:-1], strict=True):
             for i, raw in zip(members, group, strict=True):
                 replies[i] = _reply(raw)
-        seq = int(results[-1] or 0)
-        return [r for r in replies if r is not None], seq
+        return [replies[i] for i in range(len(requests))], int(results[-1] or 0)
 
     # --- notices relayed between instances -----------------------------------------------------------------------
 
