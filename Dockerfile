@@ -30,8 +30,8 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
 # Fixed uid/gid so volume ownership and Kubernetes securityContext (runAsUser/fsGroup 10001) line up.
 RUN groupadd --system --gid 10001 pacer \
  && useradd --system --uid 10001 --gid 10001 --home-dir /var/lib/pacer --shell /usr/sbin/nologin pacer \
- && mkdir -p /var/lib/pacer \
- && chown pacer:pacer /var/lib/pacer \
+ && mkdir -p /var/lib/pacer /var/lib/pacer-log \
+ && chown pacer:pacer /var/lib/pacer /var/lib/pacer-log \
  && chmod 0700 /var/lib/pacer
 
 # Wheels are bind-mounted from the builder rather than COPYed, so they never become an image layer.

@@ -4,14 +4,14 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test lint fmt bench bench-quality clean
+.PHONY: serve test lint fmt bench bench-quality bench-models loadtest clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e '.[test,replay]'
+	$(BIN)/pip install -q -e '.[test,replay,spark]'
 	touch $(STAMP)
 
 serve: $(STAMP) ## run the service on 127.0.0.1:8080, embedded SQLite store
@@ -22,8 +22,24 @@ test: $(STAMP) ## lint + the whole test suite
 	$(BIN)/ruff check pacer tests loadtest
 	$(BIN)/python -m pytest -q
 
+bench: $(STAMP) ## /v1/bid throughput and latency vs a bare ASGI app and a naive FastAPI+Redis peer, fleet-scale figures (~5 min quiet, at most ~10; 2 cores)
+	@missing=""; for tool in wrk redis-server; do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "bench: installing$$missing with apt-get"; sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  { $$sudo apt-get update -qq && $$sudo apt-get install -y -qq $$missing; } || { echo "bench: needs$$missing: apt-get install -y$$missing"; exit 1; }; \
+	fi
+	$(BIN)/python loadtest/bench.py --out bench-out
+
 bench-quality: $(STAMP) ## pacing quality: pacer vs the published baselines on fixed seeds (~5 min)
 	$(BIN)/python -m pacer.replay.bench --out bench-quality
+
+bench-models: $(STAMP) ## pacing with fitted spend curves vs the prior: a week of log, refit, two days judged (~5 min)
+	$(BIN)/python -m pacer.replay.bench_models --out bench-models
+
+loadtest: $(STAMP) ## locust against a 2-instance Redis fleet for 60 s, then spend == exchange ledger, no overspend
+	@command -v redis-server >/dev/null || { echo "redis-server not found: apt-get install -y redis-server"; exit 2; }
+	$(BIN)/pip install -q -e '.[load]'
+	$(BIN)/python loadtest/run_loadtest.py --out loadtest-out
 
 lint: $(STAMP)
 	$(BIN)/ruff check pacer tests loadtest

@@ -29,6 +29,7 @@ from pacer import __version__
 from pacer.api import bidder
 from pacer.api.errors import ApiError
 from pacer.api.operator import router as operator_router
+from pacer.auctionlog import AuctionLogWriter
 from pacer.clock import wall_clock
 from pacer.config import Settings
 from pacer.controller import ControlParams
@@ -36,7 +37,7 @@ from pacer.curves import TrafficCurve
 from pacer.engine import Engine, EngineParams
 from pacer.fleet import Fleet
 from pacer.metrics import PacerCollector
-from pacer.service import Service
+from pacer.service import RefitSettings, Service
 from pacer.store import StoreError, open_store
 from pacer.store.redis import BidderLost, RedisStore
 
@@ -102,7 +103,7 @@ def build_fastapi(service: Service, settings: Settings, token: str) -> FastAPI:
     app.state.operator_token = token
     app.include_router(operator_router)
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(PacerCollector(service.engine, service.http, service.store_errors, service.fleet))
+    registry.register(PacerCollector(service))
 
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError) -> JSONResponse:
@@ -148,11 +149,16 @@ def build_fastapi(service: Service, settings: Settings, token: str) -> FastAPI:
 
     @app.get("/readyz", tags=["ops"], responses={503: {"description": "store unreachable"}})
     async def readyz() -> JSONResponse:
-        """Ready to take traffic: the store answers (budget truth reachable). In a fleet, `degraded` (still 200:
-        other bidders are served) names the bidders whose spend the store lost, which are granted nothing."""
+        """Ready to take traffic: the store answers (budget truth reachable). `degraded` (still 200: bids are
+        served) when the auction log cannot be written (`auction_log` says why), or in a fleet when the store lost
+        some bidders' spend (named; they are granted nothing)."""
         store_ok = await service.store.ping()
         body: dict[str, object] = {"status": "ready" if store_ok else "not_ready", "store": store_ok,
                                    "bidders": len(service.engine.bidders), "traffic_curve": service.engine.curve.name}
+        if service.log is not None:
+            body["auction_log"] = service.log.status()
+            if not service.log.ok and store_ok:
+                body["status"] = "degraded"  # bidding goes on; the log is losing rows (see dropped_rows)
         fleet = service.fleet
         if fleet is not None:
             lost = fleet.lost
@@ -216,14 +222,16 @@ class PacerApp:
         self._operator_token: bytes = fastapi.state.operator_token.encode()
         engine, store = service.engine, service.store
 
+        auction_log = service.log
+
         async def events(body: bytes) -> bytes:
-            return await bidder.events(engine, store, body)
+            return await bidder.events(engine, store, body, auction_log)
 
         async def bid(body: bytes) -> bytes:
-            return bidder.bid(engine, body)
+            return bidder.bid(engine, body, auction_log)
 
         async def bids(body: bytes) -> bytes:
-            return bidder.bids(engine, body)
+            return bidder.bids(engine, body, auction_log)
 
         self._routes: dict[str, Callable[[bytes], Awaitable[bytes]]] = {
             "/v1/bid": bid, "/v1/bids": bids, "/v1/events": events,
@@ -295,7 +303,16 @@ def create_app(settings: Settings | None = None) -> PacerApp:
     store = open_store(settings.store, settings.journal_dir)
     engine = Engine(wall_clock, params, _curve(settings), leased=isinstance(store, RedisStore))
     dedupe_s = settings.dedupe_days * 86400
-    service = Service(engine, store, params.tick_s, settings.sync_ms / 1000, dedupe_s)
+    refit = RefitSettings(settings.refit_s, settings.log_url, settings.refit_since, settings.refit_engine,
+                          settings.spark_master, settings.refit_timeout_s) if settings.log_url else None
+    service = Service(engine, store, params.tick_s, settings.sync_ms / 1000, dedupe_s,
+                      log_flush=(settings.log_flush_s, settings.log_flush_rows), refit=refit)
+    if settings.log_url:
+        try:
+            service.log = AuctionLogWriter(settings.log_url, service.instance.replace(":", "-"), settings.log_sample,
+                                     settings.log_max_rows)
+        except ValueError as exc:
+            raise SystemExit(f"pacer: PACER_LOG_URL: {exc}") from None
     if isinstance(store, RedisStore):
         service.fleet = Fleet(engine, store, service.versions, settings.sync_ms / 1000,
                               settings.lease_ttl_ms / 1000, dedupe_s)

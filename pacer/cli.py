@@ -1,4 +1,5 @@
-"""cli.py: the `pacer` command: `pacer serve` runs the service, `pacer replay` replays auction logs."""
+"""cli.py: the `pacer` command: `pacer serve` runs the service, `pacer replay` replays auction logs, `pacer refit`
+fits spend curves from the auction log."""
 
 from __future__ import annotations
 
@@ -43,14 +44,18 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--port", type=int, help="port (PACER_PORT, default 8080)")
     serve.add_argument("--store", help="sqlite:///path.db (default sqlite:///./pacer.db) or redis://host:port/db")
     serve.add_argument("--workers", type=int, default=1, help="worker processes (needs a shared store)")
+    from pacer.refit import command as refit_command
     from pacer.replay import command as replay_command
 
     replay_command.add_parser(sub)
+    refit_command.add_parser(sub)
     args = parser.parse_args(argv)
     if args.command == "serve":
         return _serve(args)
     if args.command == "replay":
         return replay_command.run(args)
+    if args.command == "refit":
+        return refit_command.run(args)
     parser.error(f"unknown command {args.command}")
     return 2
 

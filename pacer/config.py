@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 _REPO_MODELS = Path(__file__).resolve().parent.parent / "models"
@@ -30,4 +32,18 @@ class Settings(BaseSettings):
     ttl_initial_s: float = 10.0
     dedupe_days: float = 7.0  # a win re-sent later than this after the first is no longer recognised
     models_dir: Path = _REPO_MODELS
+    # The auction log: a local folder, or any URI pyarrow (or fsspec) understands, e.g. s3://bucket/pacer-log.
+    # "" turns it off.
+    log_url: str = "./pacer-log"
+    # Share of decisions logged (outcomes always are); each logged decision stands for 1/sample.
+    log_sample: float = Field(1.0, ge=0.0, le=1.0)
+    log_flush_s: float = Field(10.0, gt=0)  # write what is buffered at least this often...
+    log_flush_rows: int = 200_000  # ...or as soon as this many rows wait
+    log_max_rows: int = 2_000_000  # rows kept in memory while the sink fails; beyond, the oldest are dropped
+    # Refit spend curves from the log this often (one instance of a fleet at a time); 0: never.
+    refit_s: float = Field(3600.0, ge=0)
+    refit_since: str = "7d"  # from how much log history
+    refit_engine: Literal["duckdb", "spark"] = "duckdb"
+    spark_master: str | None = None  # with refit_engine=spark: the cluster URL (default local[*])
+    refit_timeout_s: float = 1800.0  # a refit that runs longer is stopped (and its lock released)
     log_level: str = "info"

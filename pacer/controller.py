@@ -17,6 +17,11 @@ The law, per bidder with period [start, end), budget B and target curve F:
   fraction of value. Noise enters through the cumulative error only, never through a noisy rate estimate.
 - u maps to the bid first, participation last: multiplier m = e^u down to `m_min`; only below that does the
   throttle p fall. Shading buys the cheapest impressions; random skipping buys average ones.
+- Feed-forward, for a bidder with a fitted model (pacer/fitted.py): the model's bid landscape says what one
+  auction costs on average at each multiplier, S(m), and its traffic curve with the observed auction level says
+  how many auctions the next horizon brings. The multiplier that makes (auctions x S(m)) meet the planned spend
+  is u_ff; then u = u_ff + u_I - k_P e, and the integral only learns what the model gets wrong. Without a model
+  u_ff = 0 and u_I starts at log(m_start).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import numpy.typing as npt
 from pacer.curves import ASAP, progress
 
 F64 = npt.NDArray[np.float64]
+FF_GRID = np.geomspace(0.05, 1.0, 24)  # the multipliers at which a model's spend per auction is tabulated
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +53,8 @@ class ControlParams:
     burst_cap: float = 3.0  # ahead of the curve at more than this times its rate: the burst guard acts
     rate_tau: float = 60.0  # (s) time constant of the spend-rate average used for in-flight spend
     price_alpha: float = 0.05  # weight of each tick's mean win price in the typical-win estimate
+    level_tau: float = 1800.0  # (s) memory of the observed auction level (auctions per unit of curve weight)
+    level_prior_weight: float = 0.02  # the fitted level counts as this much curve weight (~30 min) of observation
 
 
 @dataclass(slots=True)
@@ -68,6 +76,7 @@ class TickInputs:
     settled_spent: F64  # win prices of those resolved by a win
     unmatched_spent: F64  # win prices with no open reservation (late, unknown auction)
     wins: F64  # wins charged since the last tick (matched or not)
+    seen: F64  # auctions the bidder asked about since the last tick
 
 
 class ControlLaw:
@@ -114,7 +123,8 @@ class Controller(ControlLaw):
     """pacer's control law (see the module docstring)."""
 
     name = "pacer"
-    STATE = (("u_i", 0.0), ("rate", 0.0), ("price", 0.0), ("error", 0.0), *ControlLaw.STATE)
+    STATE = (("u_i", 0.0), ("rate", 0.0), ("price", 0.0), ("error", 0.0), ("u_ff", 0.0), ("ff_on", 0.0),
+             ("ff_rebase", 0.0), ("lvl_num", 0.0), ("lvl_den", 0.0), ("w_last", np.nan), *ControlLaw.STATE)
 
     def __init__(self, params: ControlParams | None = None, capacity: int = 1024) -> None:
         super().__init__(params, capacity)
@@ -122,12 +132,76 @@ class Controller(ControlLaw):
         self.rate: F64  # recent spend rate (micros/s)
         self.price: F64  # typical win price (micros); 0 until a win
         self.error: F64  # last error e, for status and plots
+        self.u_ff: F64  # feed-forward part of the log multiplier (0 without a model)
+        self.ff_on: F64  # 1 where the bidder has a model with a landscape
+        self.ff_rebase: F64  # 1 where a running bidder just got one (u_i is rebased once so u does not jump)
+        self.lvl_num: F64  # decayed auctions seen...
+        self.lvl_den: F64  # ...over decayed curve weight elapsed: the auction level
+        self.w_last: F64  # curve weight at the last tick
+        self.ff_spend = np.zeros((capacity, FF_GRID.shape[0]))  # spend per auction at each FF_GRID multiplier
+
+    def ensure(self, capacity: int) -> None:
+        have = self.ff_spend.shape[0]
+        super().ensure(capacity)
+        new = self.throttle.shape[0]
+        if new > have:
+            grown = np.zeros((new, FF_GRID.shape[0]))
+            grown[:have] = self.ff_spend
+            self.ff_spend = grown
 
     def reset(self, slot: int, mode: int = ASAP) -> None:
         super().reset(slot, mode)
+        self.ff_spend[slot] = 0.0
         if mode != ASAP:
             self.u_i[slot] = np.log(self.params.m_start)
             self.multiplier[slot] = self.params.m_start
+
+    def set_feedforward(self, slot: int, spend: F64 | None, level: float, fresh: bool) -> None:
+        """Install (or, with spend None, remove) a model's spend-per-auction table and auction level. A fresh
+        bidder starts its integral at 0 (the model knows the multiplier); a running one keeps its current bid:
+        its integral is rebased at the next tick."""
+        was_on = bool(self.ff_on[slot])
+        self.lvl_den[slot] = self.params.level_prior_weight
+        self.lvl_num[slot] = level * self.params.level_prior_weight
+        if spend is None:
+            if was_on:
+                self.u_i[slot] += self.u_ff[slot]
+            self.ff_on[slot] = self.u_ff[slot] = 0.0
+            return
+        self.ff_spend[slot] = spend
+        self.ff_on[slot] = 1.0
+        if fresh:
+            self.u_i[slot] = self.u_ff[slot] = 0.0
+        elif not was_on:
+            self.ff_rebase[slot] = 1.0
+
+    def feedforward(self, dt: float, x: TickInputs, f_now: F64, f_ahead: F64) -> F64:
+        """u_ff: the log multiplier at which the auctions expected over the horizon cost the planned spend."""
+        p = self.params
+        n = x.budget.shape[0]
+        sl = slice(0, n)
+        dw = x.weight_now - self.w_last[sl]
+        dw = np.where(np.isfinite(dw) & (dw >= 0), dw, 0.0)
+        decay = np.exp(-dt / p.level_tau)
+        self.lvl_num[sl] = self.lvl_num[sl] * decay + x.seen
+        self.lvl_den[sl] = self.lvl_den[sl] * decay + dw
+        self.w_last[sl] = x.weight_now
+        level = self.lvl_num[sl] / np.maximum(self.lvl_den[sl], 1e-12)
+        auctions = level * np.maximum(x.weight_ahead - x.weight_now, 0.0)
+        need = x.budget * np.maximum(f_ahead - f_now, 0.0) / np.maximum(auctions, 1e-9)
+        table = self.ff_spend[sl]
+        log_s = np.log(np.maximum(table, 1e-12))
+        log_need = np.log(np.maximum(need, 1e-12))
+        log_m = np.log(FF_GRID)
+        k = np.clip((table < need[:, None]).sum(axis=1), 1, FF_GRID.shape[0] - 1)
+        rows = np.arange(n)
+        lo, hi = log_s[rows, k - 1], log_s[rows, k]
+        t = np.clip((log_need - lo) / np.maximum(hi - lo, 1e-12), 0.0, 1.0)
+        u = log_m[k - 1] + t * (log_m[k] - log_m[k - 1])
+        u = np.where(need >= table[:, -1], 0.0, u)  # more than full bids buy: bid in full
+        # Cheaper than the lowest multiplier buys: participate in that share of auctions.
+        u = np.where(need <= table[:, 0], log_m[0] + log_need - log_s[:, 0], u)
+        return np.where(self.ff_on[sl] > 0, np.clip(u, np.log(p.m_min) + np.log(p.p_min), 0.0), 0.0)
 
     def update(self, now: float, dt: float, x: TickInputs, inflight_s: float = 0.0) -> None:
         """Advance every active bidder's state by one tick of `dt` seconds; `inflight_s` is the mean delay
@@ -160,13 +234,17 @@ class Controller(ControlLaw):
         planned_rate = planned / horizon
         closing = np.sign(error) * (planned_rate - rate) * 2.0 * horizon >= np.abs(error) * unit
         clipped = np.clip(error, -p.error_clip, p.error_clip)
-        u_i = self.u_i[sl] - np.where(closing, 0.0, p.k_p * clipped * dt / (p.integral_horizons * horizon))
+        u_ff = self.feedforward(dt, x, f_now, f_ahead)
+        rebase = self.ff_rebase[sl] > 0
+        u_i = self.u_i[sl] - np.where(rebase, u_ff, 0.0)
+        self.ff_rebase[sl] = 0.0
+        u_i = u_i - np.where(closing, 0.0, p.k_p * clipped * dt / (p.integral_horizons * horizon))
         cap_rate = np.maximum(p.burst_cap * planned_rate, 1e-12)
         burst = (error > 1.0) & (rate > cap_rate)
         u_i -= np.where(burst, np.log(np.maximum(rate, 1e-12) / cap_rate) * dt / p.rate_tau, 0.0)
         floor = np.log(p.m_min) + np.log(p.p_min)
-        u_i = np.clip(u_i, floor, 0.0)
-        u = np.clip(u_i - p.k_p * error, floor, 0.0)
+        u_i = np.clip(u_i, floor - u_ff, -u_ff)  # u_ff + u_i stays a bid within [m_min p_min, 1]: no windup
+        u = np.clip(u_ff + u_i - p.k_p * error, floor, 0.0)
 
         paced = x.active & (x.mode != ASAP)
         active = x.active
@@ -174,6 +252,7 @@ class Controller(ControlLaw):
         self.price[sl] = np.where(active, price, self.price[sl])
         self.error[sl] = np.where(paced, error, 0.0)
         self.u_i[sl] = np.where(paced, u_i, self.u_i[sl])
+        self.u_ff[sl] = u_ff
         log_m_min = np.log(p.m_min)
         self.multiplier[sl] = np.where(paced, np.exp(np.maximum(u, log_m_min)), 1.0)
         self.throttle[sl] = np.where(paced, np.exp(np.minimum(u - log_m_min, 0.0)), 1.0)

@@ -17,13 +17,18 @@ import numpy.typing as npt
 
 from pacer.clock import Clock
 from pacer.controller import ControlLaw, Controller, ControlParams, TickInputs
-from pacer.curves import MODES, TrafficCurve, progress
+from pacer.curves import MODES, CurveTable, TrafficCurve, progress
+from pacer.fitted import FittedModel
 from pacer.ledger import Ledger
 from pacer.periods import Daily, Flight, Period, Window, utc_offset, window_at
+from pacer.store import ModelRecord
 
 F64 = npt.NDArray[np.float64]
-_IDLE = (0.0,) * 12  # a free slot: zero budget, masked inactive
+_IDLE = (0.0,) * 14  # a free slot: zero budget, masked inactive
 TICK_CHUNK = 1000
+# An expired grant is remembered (to time a late win on it) for this many TTLs: at tens of thousands of bids a
+# second without loss notices, remembering them for PACER_TTL_MAX_S held millions of entries.
+EXPIRED_KEPT_TTLS = 3.0
 REASONS = ("paced", "exhausted", "paused", "not_active", "unknown_bidder", "no_budget", "budget_unknown")
 PACED, EXHAUSTED, PAUSED, NOT_ACTIVE, UNKNOWN_BIDDER, NO_BUDGET, BUDGET_UNKNOWN = REASONS
 
@@ -95,11 +100,14 @@ class Bidder:
     __slots__ = (
         "bidder_id",
         "config",
+        "curve_row",
         "ends_at",
         "ledger",
         "lost",
         "mode",
+        "model",
         "multiplier",
+        "seen",
         "settled_spent",
         "short",
         "slot",
@@ -124,6 +132,9 @@ class Bidder:
         self.settled_spent = 0  # tallies since the last tick, read and zeroed by the tick
         self.unmatched_spent = 0
         self.wins = 0
+        self.seen = 0  # auctions asked about since the last tick (the feed-forward's traffic level)
+        self.model: FittedModel | None = None
+        self.curve_row = 0  # its row in the engine's CurveTable (0: the prior)
         self.config = config
         self.mode = MODES[config.pacing]
         self.window = window
@@ -163,7 +174,11 @@ class Engine:
         self.clock = clock
         self.leased = leased  # a fleet instance: each ledger spends only its lease (see fleet.py)
         self.params = params or EngineParams()
-        self.curve = curve or TrafficCurve.flat()
+        self.curves = CurveTable(curve or TrafficCurve.flat())
+        # Published models by bidder, also for bidders not configured here (yet): applied when they are.
+        self.models: dict[str, FittedModel | None] = {}
+        self.model_seq = 0  # the store's publication seq read up to
+        self.fits: dict[str, dict[str, object]] = {}  # the last fit attempt per bidder (status pages)
         # The control law is pluggable only so replay can run published baselines through this same engine.
         self.controller = controller or Controller(self.params.control)
         self.delays = DelayTracker(self.params)
@@ -183,9 +198,9 @@ class Engine:
         self.duplicates = 0
         self.expired_micros = 0
         self.lease_short = 0  # bids refused because a lease (not the budget) ran short: the fleet syncs early
-        # Fleet: notices for auctions this instance holds no reservation for; fleet.py relays them to the others
-        # so the instance that granted the bid frees its reservation now rather than at expiry.
-        self.foreign: list[tuple[str, str]] = []
+        # Fleet: notices for auctions this instance holds no reservation for, (bidder, auction, won); fleet.py
+        # relays them to the others so the instance that granted the bid settles its reservation early.
+        self.foreign: list[tuple[str, str, bool]] = []
 
     # --- configuration -------------------------------------------------------------------------------------
 
@@ -205,6 +220,9 @@ class Engine:
             bidder = Bidder(bidder_id, config, window, slot, spent, self.leased)
             self.bidders[bidder_id] = bidder
             self._slots[slot] = bidder
+            model = self.models.get(bidder_id)
+            if model is not None:
+                self._install(bidder, model, fresh=True)
         else:
             if window.key != bidder.window.key:
                 bidder.ledger.renew(config.budget_micros, spent)
@@ -223,7 +241,37 @@ class Engine:
             return False
         self._slots[bidder.slot] = None
         self._free.append(bidder.slot)
+        self.curves.release(bidder.curve_row)
         return True
+
+    @property
+    def curve(self) -> TrafficCurve:
+        """The prior: the traffic curve of bidders without a fitted one."""
+        return self.curves.prior
+
+    def apply_model(self, record: ModelRecord) -> None:
+        """Take a published model (and the last fit attempt's status). Raises ModelError, changing nothing, if
+        the model does not validate. A bidder configured later gets it then."""
+        model = FittedModel.from_record(record)
+        self.fits[record.bidder_id] = record.fit
+        current = self.models.get(record.bidder_id)
+        if model is None or (current is not None and current.version == model.version):
+            return
+        self.models[record.bidder_id] = model
+        bidder = self.bidders.get(record.bidder_id)
+        if bidder is not None:  # not ticked yet: no bid of its own to keep, the model sets it
+            self._install(bidder, model, fresh=bidder.slot in self._fresh)
+
+    def _install(self, bidder: Bidder, model: FittedModel, fresh: bool) -> None:
+        """The bidder paces by its own traffic curve from now on, and its bid follows the model's landscape."""
+        if bidder.curve_row:
+            self.curves.set(bidder.curve_row, model.curve)
+        else:
+            bidder.curve_row = self.curves.add(model.curve)
+        bidder.model = model
+        if isinstance(self.controller, Controller):  # replay's baselines have no feed-forward
+            self.controller.set_feedforward(bidder.slot, model.spend, model.level, fresh)
+        self._plan_window(bidder)
 
     def period_key(self, bidder_id: str) -> str:
         """The period a win for this bidder is charged to now ('unknown' for a bidder not configured)."""
@@ -234,7 +282,7 @@ class Engine:
         w = bidder.window
         tz = bidder.timezone
         local = np.array([w.start + utc_offset(tz, w.start), w.end + utc_offset(tz, w.end)])
-        start_w, end_w = self.curve.weight(local)
+        start_w, end_w = self.curves.weight(np.full(2, bidder.curve_row), local)
         bidder.weights = (float(start_w), float(end_w))
 
     # --- the hot path ---------------------------------------------------------------------------------------
@@ -244,6 +292,7 @@ class Engine:
         bidder = self.bidders.get(bidder_id)
         if bidder is None:
             return self._deny(UNKNOWN_BIDDER)
+        bidder.seen += 1
         config = bidder.config
         if config.paused:
             return self._deny(PAUSED)
@@ -296,7 +345,7 @@ class Engine:
             self.late_wins += 1
             bidder.unmatched_spent += price_micros
             if self.leased:
-                self.foreign.append((bidder_id, auction_id))
+                self.foreign.append((bidder_id, auction_id, True))
 
     def duplicate(self, bidder_id: str, auction_id: str) -> None:
         """A win recorded before: nothing is charged, but its reservation (if any) is settled."""
@@ -308,13 +357,18 @@ class Engine:
             self.losses += 1
         bidder = self.bidders.get(bidder_id)
         if bidder is not None and not bidder.ledger.release(auction_id) and self.leased:
-            self.foreign.append((bidder_id, auction_id))
+            self.foreign.append((bidder_id, auction_id, False))
 
-    def settled_elsewhere(self, bidder_id: str, auction_id: str) -> None:
-        """Another instance got this auction's notice: free the reservation if this instance granted the bid
-        (a win was charged there; a loss costs nothing). Nothing is charged here."""
+    def settled_elsewhere(self, bidder_id: str, auction_id: str, won: bool) -> None:
+        """Another instance got this auction's notice. A loss frees the reservation now. A win was charged there
+        but is not in the fleet's spend until that instance syncs: the reservation stays held until the fleet store
+        says the win is counted (or it expires), else its money could be granted twice. Nothing is charged here."""
         bidder = self.bidders.get(bidder_id)
-        if bidder is not None:
+        if bidder is None:
+            return
+        if won:
+            bidder.ledger.hold_elsewhere(auction_id)
+        else:
             bidder.ledger.release(auction_id)
 
     # --- the tick --------------------------------------------------------------------------------------------
@@ -340,7 +394,7 @@ class Engine:
         active = np.zeros(n, dtype=np.bool_)
         mode = np.zeros(n, dtype=np.int8)
         offsets: dict[str, float] = {}
-        max_ttl = self.params.ttl_max_s
+        max_ttl = self.params.ttl_max_s  # expired grants are never remembered longer than this
         self._fresh.clear()
         for i, b in enumerate([b for b in self._slots if b is not None]):
             if i and i % chunk == 0:
@@ -348,7 +402,7 @@ class Engine:
             if now >= b.window.end and isinstance(b.config.period, Daily):
                 self._roll(b, now)
             ledger = b.ledger
-            freed = ledger.expire(now, ttl, max_ttl)
+            freed = ledger.expire(now, ttl, min(max_ttl, EXPIRED_KEPT_TTLS * ttl))
             self.expired_micros += freed
             tz = b.config.period.timezone
             offset = offsets.get(tz)
@@ -360,19 +414,20 @@ class Engine:
             rows[s] = (
                 ledger.budget, ledger.spent, ledger.reserved, ledger.holdback, b.window.start, b.window.end,
                 offset, b.weights[0], b.weights[1], b.settled_spent,
-                b.unmatched_spent, b.wins,
+                b.unmatched_spent, b.wins, b.seen, b.curve_row,
             )
-            b.settled_spent = b.unmatched_spent = b.wins = 0
+            b.settled_spent = b.unmatched_spent = b.wins = b.seen = 0
         yield
         active[[s for s in self._fresh if s < n]] = False
         cols = np.array(rows, dtype=np.float64).T
         budget, spent, reserved, holdback, start, end, offset_s, w_start, w_end = cols[:9]
         ahead = np.minimum(now + self.controller.horizon(start, end), end)
+        curve_rows = cols[13].astype(np.int64)
         inputs = TickInputs(
             active=active, mode=mode, budget=budget, spent=spent, reserved=reserved, holdback=holdback,
-            start=start, end=end, weight_now=self.curve.weight(now + offset_s),
-            weight_ahead=self.curve.weight(ahead + offset_s), weight_start=w_start, weight_end=w_end,
-            settled_spent=cols[9], unmatched_spent=cols[10], wins=cols[11],
+            start=start, end=end, weight_now=self.curves.weight(curve_rows, now + offset_s),
+            weight_ahead=self.curves.weight(curve_rows, ahead + offset_s), weight_start=w_start, weight_end=w_end,
+            settled_spent=cols[9], unmatched_spent=cols[10], wins=cols[11], seen=cols[12],
         )
         self.controller.update(now, dt, inputs, self.delays.mean)
         yield
@@ -402,11 +457,12 @@ class Engine:
         w = window or bidder.window
         tz = bidder.timezone
         edges = np.array([w.start + utc_offset(tz, w.start), w.end + utc_offset(tz, w.end)])
-        start_w, end_w = self.curve.weight(edges) if window else bidder.weights
+        start_w, end_w = self.curves.weight(np.full(2, bidder.curve_row), edges) if window else bidder.weights
         local = times + np.array([utc_offset(tz, t) for t in times.tolist()])
         full = np.ones_like(times)
+        weight = self.curves.weight(np.full(times.shape, bidder.curve_row), local)
         return progress(np.full(times.shape, bidder.mode, dtype=np.int8), times, full * w.start, full * w.end,
-                        self.curve.weight(local), full * start_w, full * end_w)
+                        weight, full * start_w, full * end_w)
 
     # --- status ----------------------------------------------------------------------------------------------
 
@@ -432,4 +488,16 @@ class Engine:
             "max_bid_micros": bidder.config.max_bid_micros,
             "throttle": bidder.throttle,
             "multiplier": bidder.multiplier,
+            "model": self.model_status(bidder_id),
         }
+
+    def model_status(self, bidder_id: str) -> dict[str, object]:
+        """Which curve the bidder paces by, and how the last refit of it went."""
+        model = self.models.get(bidder_id)
+        out: dict[str, object] = {"source": "prior", "version": 0}
+        if model is not None:
+            doc = model.doc
+            out = {"source": "fitted", "version": model.version, "fitted_at": doc["fitted_at"], "rows": doc["rows"],
+                   "landscape": doc.get("landscape") is not None, "fit_error": doc.get("fit_error")}
+        out["last_fit"] = self.fits.get(bidder_id)
+        return out

@@ -28,6 +28,7 @@ RELAY_S = 0.02  # how often notices for other instances' reservations are relaye
 RESUBSCRIBE_S = 1.0  # wait before listening again after the connection dropped
 GROWTH = 2.0  # a lease is twice the recent spend over the horizon: room to double each sync when demand grows
 RATE_SMOOTHING = 0.5  # weight of the newest sync interval in the spend-rate average
+INFLIGHT_SHARE = 0.05  # grants allowed while a sync is in flight: 5% of the horizon's demand (~50 ms of it)
 
 
 class Fleet:
@@ -54,6 +55,7 @@ class Fleet:
         self._rate: dict[str, float] = {}  # bidder -> recent spend rate here, micros/s
         self._known_spent: dict[str, tuple[str, int]] = {}  # bidder -> (period, fleet spend) at the last sync
         self._incarnation: dict[str, int] = {}
+        self._limits: dict[str, int] = {}  # each bidder's limit before the sync in flight lowered it
         self._last = time.monotonic()
 
     @property
@@ -83,8 +85,8 @@ class Fleet:
         while True:
             try:
                 async for notices in self.store.settled():
-                    for bidder_id, auction_id in notices:
-                        self.engine.settled_elsewhere(bidder_id, auction_id)
+                    for bidder_id, auction_id, won in notices:
+                        self.engine.settled_elsewhere(bidder_id, auction_id, won)
             except StoreError:
                 await asyncio.sleep(RESUBSCRIBE_S)  # Redis is down; the sync loop says so
 
@@ -116,7 +118,12 @@ class Fleet:
         except BaseException:
             self.store.untake(wins)
             self.failures += 1
+            for bidder in bidders:  # no new lease: the old one stands (until it lapses, see check_lease)
+                if bidder.bidder_id in self._limits and not self.revoked:
+                    bidder.ledger.limit = self._limits[bidder.bidder_id]
             raise
+        finally:
+            self._limits = {}
         unshipped: list[WinRecord] = []
         since = self._unsynced_spend()
         fleet = 0
@@ -155,7 +162,7 @@ class Fleet:
         now = self.engine.clock()
         h = self.horizon_s
         starting = now + h >= bidder.window.start and now < bidder.ends_at
-        want = 0 if final else ledger.reserved
+        want = ledger.reserved  # what is out in the market stays covered, also when handing the rest back
         short, bidder.short = bidder.short, 0
         if starting and not bidder.config.paused and not bidder.lost and not final:
             # Never less than the whole fleet's even share of what is left over the horizon (a bidder new to this
@@ -164,7 +171,16 @@ class Fleet:
             even = left * h / max(bidder.window.end - max(now, bidder.window.start), h)
             want += int(max(GROWTH * rate * h, even, short))
         hold_ms = int(self.engine.delays.ttl * 1000)
-        return LeaseRequest(bidder.bidder_id, self.versions.get(bidder.bidder_id, 0), key, want, hold_ms, wins)
+        # Redis may shrink the lease below the old one: so until the reply lands this instance grants at most a
+        # small in-flight allowance beyond what it has out, and the new lease covers both (the floor).
+        floor = ledger.reserved
+        if ledger.limit is not None and not final:
+            headroom = max(0, ledger.limit - ledger.spent - ledger.reserved)
+            floor += min(headroom, int((want - ledger.reserved) * INFLIGHT_SHARE))
+            self._limits[bidder.bidder_id] = ledger.limit
+            ledger.limit = min(ledger.limit, ledger.spent + floor)
+        return LeaseRequest(bidder.bidder_id, self.versions.get(bidder.bidder_id, 0), key, want, hold_ms, wins,
+                            floor_micros=floor, check=ledger.elsewhere())
 
     def _unsynced_spend(self) -> dict[str, int]:
         """Spend journaled here while the sync was in flight: Redis has not seen it, the ledger has."""
@@ -204,6 +220,8 @@ class Fleet:
         if bidder.window.key == request.period_key:
             ledger.spent = reply.spent_micros + unsynced
             ledger.limit = reply.spent_micros + reply.lease_micros
+            for i in reply.counted:  # won elsewhere and now in the fleet's spend: the reservation's money is spent
+                ledger.release(request.check[i])
 
     def _lose(self, bidder: Bidder, why: str) -> None:
         if not bidder.lost:

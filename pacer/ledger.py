@@ -28,6 +28,7 @@ class Ledger:
     """Budget, spend and open reservations of one bidder in its current period."""
 
     __slots__ = (
+        "_elsewhere",
         "_expired",
         "_open",
         "budget",
@@ -55,6 +56,9 @@ class Ledger:
         self._open: dict[str, tuple[int, float]] = {}
         # Recently expired grants, auction_id -> granted_at: a late win still tells its true delay.
         self._expired: dict[str, float] = {}
+        # Fleet: grants won at another instance, held (still in `reserved`, exempt from expiry) until the fleet's
+        # spend includes the win; fleet.py releases them.
+        self._elsewhere: dict[str, tuple[int, float]] = {}
 
     @property
     def available(self) -> int:
@@ -102,9 +106,19 @@ class Ledger:
         delay = None if granted_at_or_none is None else now - granted_at_or_none
         return Capture(False, 0, delay)
 
-    def release(self, auction_id: str) -> int:
-        """A loss (or a duplicate win): free the reservation. Returns the micros freed (0 if none was open)."""
+    def hold_elsewhere(self, auction_id: str) -> None:
+        """Another instance charged a win on this grant: keep its money held, past its expiry, until released."""
         held = self._open.pop(auction_id, None)
+        if held is not None:
+            self._elsewhere[auction_id] = held
+
+    def elsewhere(self) -> list[str]:
+        return list(self._elsewhere)
+
+    def release(self, auction_id: str) -> int:
+        """A loss (or a duplicate win, or a win counted elsewhere): free the reservation. Returns the micros freed
+        (0 if none was open)."""
+        held = self._open.pop(auction_id, None) or self._elsewhere.pop(auction_id, None)
         if held is None:
             self._expired.pop(auction_id, None)
             return 0
@@ -114,7 +128,7 @@ class Ledger:
     def expire(self, now: float, ttl: float, forget_after: float) -> int:
         """Free reservations older than `ttl`; forget expired grants older than `forget_after`.
         Returns the micros freed."""
-        if not (self._open or self._expired or self.holdback):
+        if not (self._open or self._expired or self.holdback or self._elsewhere):
             return 0
         freed = 0
         cutoff = now - ttl
@@ -125,8 +139,12 @@ class Ledger:
             del self._open[auction_id]
             freed += micros
             self._expired[auction_id] = granted_at
-        self.reserved -= freed
         forget_cutoff = now - forget_after
+        for auction_id, (micros, granted_at) in list(self._elsewhere.items()):
+            if granted_at <= forget_cutoff:  # never confirmed (its instance died unsynced): give up at last
+                del self._elsewhere[auction_id]
+                freed += micros
+        self.reserved -= freed
         while self._expired:
             auction_id, granted_at = next(iter(self._expired.items()))
             if granted_at > forget_cutoff:

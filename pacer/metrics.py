@@ -15,8 +15,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
-    from pacer.engine import Engine
+    from pacer.auctionlog import AuctionLogWriter
     from pacer.fleet import Fleet
+    from pacer.service import Service
 
 # Seconds; dense below 2 ms, where the bid path's goal lies.
 BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 2.5)
@@ -50,15 +51,12 @@ class HttpMetrics:
 
 
 class PacerCollector(Collector):
-    def __init__(self, engine: Engine, http: HttpMetrics, store_errors: Counter[str], fleet: Fleet | None = None
-                 ) -> None:
-        self.engine = engine
-        self.http = http
-        self.store_errors = store_errors
-        self.fleet = fleet
+    def __init__(self, service: Service) -> None:
+        self.service = service
 
     def collect(self) -> Iterator[Metric]:
-        e = self.engine
+        service = self.service
+        e = service.engine
         decisions = CounterMetricFamily("pacer_decisions", "Bid decisions by outcome", labels=["reason"])
         for reason, n in e.decisions.items():
             decisions.add_metric([reason], n)
@@ -86,24 +84,45 @@ class PacerCollector(Collector):
         yield states
         yield GaugeMetricFamily("pacer_store_lost_bidders", "Bidders whose spend the fleet store lost (not granting)",
                                 value=counts.get("store_lost", 0))
-        if self.fleet is not None:
-            yield from _fleet_metrics(self.fleet)
+        if service.fleet is not None:
+            yield from _fleet_metrics(service.fleet)
+        if service.log is not None:
+            yield from _log_metrics(service.log)
+        refits = CounterMetricFamily("pacer_refits", "Refit runs started here, by result", labels=["result"])
+        for result, n in service.refits.items():
+            refits.add_metric([result], n)
+        yield refits
+        yield GaugeMetricFamily("pacer_fitted_bidders", "Bidders pacing by a fitted model",
+                                value=sum(1 for b in e.bidders.values() if b.model is not None))
+        yield CounterMetricFamily("pacer_models_refused", "Published models refused here (failed validation)",
+                                  value=service.model_errors)
         errors = CounterMetricFamily("pacer_store_errors", "Store operations that failed", labels=["op"])
-        for op, n in self.store_errors.items():
+        for op, n in service.store_errors.items():
             errors.add_metric([op], n)
         yield errors
         requests = CounterMetricFamily("pacer_requests", "HTTP requests", labels=["route", "status"])
-        for (route, status), n in self.http.requests.items():
+        for (route, status), n in service.http.requests.items():
             requests.add_metric([route, str(status)], n)
         yield requests
         latency = HistogramMetricFamily("pacer_request_duration_seconds", "Request latency", labels=["route"])
-        for route, hist in self.http.latency.items():
+        for route, hist in service.http.latency.items():
             cumulative, buckets = 0, []
             for bound, count in zip((*BUCKETS, float("inf")), hist.counts, strict=True):
                 cumulative += count
                 buckets.append((str(bound) if bound != float("inf") else "+Inf", cumulative))
             latency.add_metric([route], buckets, hist.total)
         yield latency
+
+
+def _log_metrics(log: AuctionLogWriter) -> Iterator[Metric]:
+    rows = CounterMetricFamily("pacer_log_rows", "Auction log rows", labels=["result"])
+    rows.add_metric(["written"], log.written_rows)
+    rows.add_metric(["dropped"], log.dropped_rows)
+    yield rows
+    yield CounterMetricFamily("pacer_log_write_failures", "Auction log writes that failed", value=log.failures)
+    yield GaugeMetricFamily("pacer_log_pending_rows", "Auction log rows waiting in memory", value=log.pending)
+    yield GaugeMetricFamily("pacer_log_ok", "1 while the auction log sink works, 0 after a failed write",
+                            value=int(log.ok))
 
 
 def _fleet_metrics(f: Fleet) -> Iterator[Metric]:

@@ -34,6 +34,39 @@ def bidder(bidder_id: str, version: int = 1, **config: object) -> BidderRecord:
     return BidderRecord(bidder_id, body, version, 1700000000.5)
 
 
+async def check_models(a: Store, b: Store) -> None:
+    """Two instances on one storage: a bad fit never replaces a good model; readers see only what changed."""
+    model = {"format": "pacer.model/1", "bidder_id": "b1", "traffic_by_slot": [0.1 + 1e-17, 1 / 3]}
+    seq1 = await a.publish_fits([("b1", model, {"ok": True}), ("b2", None, {"ok": False, "reason": "too little"})])
+    first = await b.load_models(0)
+    assert [(r.bidder_id, r.version, r.model, r.fit, r.seq) for r in first] == [
+        ("b1", 1, model, {"ok": True}, seq1), ("b2", 0, None, {"ok": False, "reason": "too little"}, seq1)]
+    assert await b.load_models(seq1) == []
+    seq2 = await a.publish_fits([("b1", None, {"ok": False, "reason": "NaN"})])
+    assert seq2 > seq1
+    [again] = await b.load_models(seq1)
+    assert (again.version, again.model, again.fit) == (1, model, {"ok": False, "reason": "NaN"})  # good one kept
+    newer = {**model, "traffic_by_slot": [0.5, 0.5]}
+    await a.publish_fits([("b1", newer, {"ok": True})])
+    [latest] = await b.load_models(seq2)
+    assert (latest.version, latest.model) == (2, newer)
+    with pytest.raises(StoreError):
+        await a.publish_fits([("b3", {"x": float("nan")}, {"ok": True})])
+
+
+async def check_lock(a: Store, b: Store) -> None:
+    """One holder at a time; the holder renews; release lets the other in."""
+    assert await a.try_lock("refit", "a", 60.0)
+    assert not await b.try_lock("refit", "b", 60.0)
+    assert await a.try_lock("refit", "a", 60.0)  # renewal
+    await b.unlock("refit", "b")  # not the holder: no effect
+    assert not await b.try_lock("refit", "b", 60.0)
+    await a.unlock("refit", "a")
+    assert await b.try_lock("refit", "b", 0.001)
+    while not await a.try_lock("refit", "a", 60.0):  # b's lease expires (1 ms)
+        await asyncio.sleep(0.01)
+
+
 class StoreContract:
     @pytest.fixture
     async def store(self, store_factory: StoreFactory) -> Store:
@@ -161,6 +194,14 @@ class StoreContract:
         assert await store.prune(150.0) == 0
         assert await store.load_spend([("b1", "2025-01-01")]) == {("b1", "2025-01-01"): 110}
         assert await store.record_wins([win("old", 100, ts=100.0), win("new", 10, ts=200.0)]) == [True, False]
+
+    # -- models and locks --
+
+    async def test_models_publish_and_load(self, store_factory: StoreFactory) -> None:
+        await check_models(await store_factory(), await store_factory())
+
+    async def test_lock_one_holder(self, store_factory: StoreFactory) -> None:
+        await check_lock(await store_factory(), await store_factory())
 
     # -- durability and lifecycle --
 

@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 import msgspec
 
 from pacer.api.errors import ApiError, from_msgspec
+from pacer.auctionlog import LOSS, WIN, AuctionLogWriter
 from pacer.engine import Engine
 from pacer.store import Store, StoreError, WinRecord
 
@@ -69,30 +70,33 @@ _events = msgspec.json.Decoder(EventsRequest)
 _encode = msgspec.json.Encoder().encode
 
 
-def _decide(engine: Engine, r: BidRequest) -> Decision:
+def _decide(engine: Engine, r: BidRequest, log: AuctionLogWriter | None, now: float) -> Decision:
     granted, reason = engine.decide(r.bidder_id, r.auction_id, r.bid_micros)
+    if log is not None:
+        log.decision(now, r.bidder_id, r.auction_id, r.bid_micros, granted, reason or None)
     if granted:
         return Decision(r.auction_id, True, bid_micros=granted)
     return Decision(r.auction_id, False, reason=reason)  # type: ignore[arg-type]
 
 
-def bid(engine: Engine, body: bytes) -> bytes:
+def bid(engine: Engine, body: bytes, log: AuctionLogWriter | None = None) -> bytes:
     try:
         request = _bid.decode(body)
     except msgspec.DecodeError as exc:
         raise from_msgspec(exc) from None
-    return _encode(_decide(engine, request))
+    return _encode(_decide(engine, request, log, engine.clock()))
 
 
-def bids(engine: Engine, body: bytes) -> bytes:
+def bids(engine: Engine, body: bytes, log: AuctionLogWriter | None = None) -> bytes:
     try:
         batch = _bids.decode(body)
     except msgspec.DecodeError as exc:
         raise from_msgspec(exc) from None
-    return _encode(Decisions([_decide(engine, r) for r in batch.requests]))
+    now = engine.clock()
+    return _encode(Decisions([_decide(engine, r, log, now) for r in batch.requests]))
 
 
-async def events(engine: Engine, store: Store, body: bytes) -> bytes:
+async def events(engine: Engine, store: Store, body: bytes, log: AuctionLogWriter | None = None) -> bytes:
     """Validate the whole batch, make its wins durable (dedupe in the store), then settle them in memory."""
     try:
         batch = _events.decode(body)
@@ -115,6 +119,12 @@ async def events(engine: Engine, store: Store, body: bytes) -> bytes:
     for e in batch.events:
         if isinstance(e, Loss):
             engine.loss(e.bidder_id, e.auction_id)
+    if log is not None:  # every outcome, duplicates too: the rollup counts an auction once
+        for e in batch.events:
+            if isinstance(e, Win):
+                log.outcome(now, WIN, e.bidder_id, e.auction_id, e.price_micros)
+            else:
+                log.outcome(now, LOSS, e.bidder_id, e.auction_id)
     return _encode(EventsResponse(len(batch.events) - duplicates, duplicates))
 
 

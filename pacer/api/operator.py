@@ -12,6 +12,7 @@ import hmac
 from dataclasses import replace
 from typing import Annotated, Literal
 
+import numpy as np
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
@@ -69,6 +70,18 @@ class RestoreIn(BaseModel):
         "status showed before the loss. Wins still waiting in instances' journals are added when they sync.")
 
 
+class ModelStatus(BaseModel):
+    source: Literal["prior", "fitted"] = Field(description="the traffic curve paced by: the shipped prior until "
+                                               "a refit publishes one for this bidder")
+    version: int = Field(description="version of the fitted model in use (0: none)")
+    fitted_at: str | None = None
+    rows: int | None = Field(None, description="auction-log rows the model was fitted on")
+    landscape: bool = Field(False, description="the model has a bid landscape (feed-forward bid multiplier)")
+    fit_error: dict[str, float | None] | None = None
+    last_fit: dict[str, object] | None = Field(None, description="the last refit attempt; a rejected one says "
+                                               "why in `reason` and leaves the model in use unchanged")
+
+
 class BidderStatus(BaseModel):
     bidder_id: str
     state: Literal["scheduled", "active", "paused", "exhausted", "ended", "store_lost"] = Field(
@@ -86,6 +99,29 @@ class BidderStatus(BaseModel):
     max_bid_micros: int | None
     throttle: float = Field(ge=0, le=1, description="probability of taking part in an auction")
     multiplier: float = Field(ge=0, le=1, description="share of the requested bid that is granted")
+    model: ModelStatus
+
+
+class Landscape(BaseModel):
+    auction: Literal["first", "second"]
+    bid_micros: list[int]
+    win_rate: list[float] = Field(description="probability of winning at each bid")
+    avg_price_micros: list[float] = Field(description="mean price paid when winning at each bid")
+
+
+class CurveOut(BaseModel):
+    bidder_id: str
+    pacing: Pacing
+    period_start: str
+    period_end: str
+    target: dict[str, list[float] | list[str]] = Field(
+        description="`t` (RFC 3339, at most 289 points over the current period) and `spent_share`: the share of "
+        "the budget the pacing curve plans spent by each t")
+    traffic_source: Literal["prior", "fitted"]
+    traffic_by_slot: list[float] = Field(description="288 shares of a local day's auctions, slot 0 = 00:00-00:05")
+    weekday_factor: list[float] = Field(description="Monday first, mean 1")
+    landscape: Landscape | None = Field(description="null until a fitted model with a landscape exists")
+    model: ModelStatus
 
 
 class BidderList(BaseModel):
@@ -173,6 +209,30 @@ async def patch_bidder(bidder_id: BidderId, body: BidderPatch, service: ServiceD
 @router.get("/{bidder_id}", response_model=BidderStatus)
 async def get_bidder(bidder_id: BidderId, service: ServiceDep) -> BidderStatus:
     return _status(service.engine, bidder_id)
+
+
+@router.get("/{bidder_id}/curve", response_model=CurveOut)
+async def get_curve(bidder_id: BidderId, service: ServiceDep) -> CurveOut:
+    """What the pacer believes about this bidder: the target spend curve over its current period, the traffic
+    curve it follows (fitted, or the prior), and the bid landscape that sets its feed-forward multiplier."""
+    engine = service.engine
+    _existing(service, bidder_id)
+    bidder = engine.bidders[bidder_id]
+    w = bidder.window
+    times = np.linspace(w.start, w.end, int(min(288, max(1, (w.end - w.start) // 300))) + 1)
+    share = engine.target(bidder, times)
+    model = bidder.model
+    curve = model.curve if model is not None else engine.curve
+    landscape = model.doc.get("landscape") if model is not None else None
+    return CurveOut(
+        bidder_id=bidder_id, pacing=bidder.config.pacing,  # type: ignore[arg-type]
+        period_start=rfc3339(w.start), period_end=rfc3339(w.end),
+        target={"t": [rfc3339(float(t)) for t in times], "spent_share": [round(float(x), 6) for x in share]},
+        traffic_source="fitted" if model is not None else "prior",
+        traffic_by_slot=curve.by_slot.tolist(), weekday_factor=curve.weekday_factor.tolist(),
+        landscape=Landscape.model_validate(landscape) if landscape else None,
+        model=ModelStatus.model_validate(engine.model_status(bidder_id)),
+    )
 
 
 @router.get("", response_model=BidderList)

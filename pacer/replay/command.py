@@ -8,8 +8,11 @@ import sys
 import time
 from pathlib import Path
 
+from pacer.auctionlog import AuctionLogWriter
 from pacer.config import Settings
 from pacer.curves import TrafficCurve
+from pacer.refit.job import file_name
+from pacer.refit.model import validate
 from pacer.replay.auctions import LogError, read_log
 from pacer.replay.metrics import format_table, metrics
 from pacer.replay.run import STRATEGIES, BiddersError, ReplayOptions, load_bidders, replay
@@ -35,12 +38,33 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--tick", type=float, default=1.0, help="engine tick in virtual seconds (default 1)")
     p.add_argument("--seed", type=int, default=0, help="seed of the engine's and the notices' randomness")
     p.add_argument("--no-plots", action="store_true", help="skip the PNGs")
+    p.add_argument("--log-out", type=Path, metavar="DIR", help="write the replay's decisions and outcomes here as "
+                   "an auction log (the service's format: Parquet by date/hour), e.g. to refit on")
+    p.add_argument("--models", type=Path, metavar="DIR", help="pace with fitted models: DIR/<bidder_id>.json as "
+                   "written by `pacer refit --export DIR`")
+
+
+def load_models(folder: Path, bidders: list[str]) -> dict[str, dict[str, object]]:
+    """DIR/<bidder_id>.json for each bidder that has one, validated (a bad file is an error, not skipped)."""
+    if not folder.is_dir():
+        raise ValueError(f"--models: {folder}: no such folder")
+    models = {}
+    for bidder_id in bidders:
+        path = folder / file_name(bidder_id)
+        if path.is_file():
+            try:
+                doc = json.loads(path.read_text())
+                validate(doc)
+            except (json.JSONDecodeError, ValueError) as exc:
+                raise ValueError(f"--models: {path}: {exc}") from exc
+            models[bidder_id] = doc
+    return models
 
 
 def run(args: argparse.Namespace) -> int:
     try:
         return _run(args)
-    except (LogError, BiddersError, SpecError, ValueError) as exc:
+    except (LogError, BiddersError, SpecError, ValueError, OSError) as exc:
         print(f"pacer replay: {exc}", file=sys.stderr)
         return 2
 
@@ -71,7 +95,9 @@ def _run(args: argparse.Namespace) -> int:
     if args.win_delay < 0 or args.tick <= 0:
         raise ValueError("--win-delay must be >= 0 and --tick > 0")
     options = ReplayOptions(strategy=args.strategy, auction=auction, win_delay_s=args.win_delay,
-                            loss_notices=args.loss_notices, tick_s=args.tick, seed=args.seed)
+                            loss_notices=args.loss_notices, tick_s=args.tick, seed=args.seed,
+                            models=load_models(args.models, log.bidders) if args.models else None,
+                            log=AuctionLogWriter(str(args.log_out), "replay") if args.log_out else None)
     curve = TrafficCurve.load(models / "prior" / "traffic.json")
     started = time.perf_counter()
     result = replay(log, configs, curve, options)

@@ -1,9 +1,9 @@
 """metrics.py: judge a replay by what it did to the money.
 
 Per bidder and period: delivery (spend / budget), overspend, when the budget ran out, smoothness against the
-bidder's own target curve (RMSE of per-slot spend, max deviation of cumulative spend), value won against the
-hindsight optimum, eCPM and how much the pacing signal moved. A bidder with daily budgets is judged per day
-and the days are added up.
+bidder's own target curve (RMSE of per-slot spend, max deviation of cumulative spend) and against its own traffic
+in hindsight (what a traffic-shaped target should have been), value won against the hindsight optimum, eCPM
+and how much the pacing signal moved. A bidder with daily budgets is judged per day and the days are added up.
 """
 
 from __future__ import annotations
@@ -53,6 +53,7 @@ class PeriodMetrics:
     opt_value: float
     max_dev: float  # max |cumulative spend - target| / budget over slot edges
     sq_err: float  # sum over slots of ((slot spend - slot target) / mean slot target)^2
+    traffic_sq_err: float  # the same against the bidder's own traffic in hindsight (its auctions per slot)
     slots: int
     exhausted_at: float | None
 
@@ -85,12 +86,15 @@ def period_metrics(result: ReplayResult, bidder_id: str, w: Window) -> PeriodMet
     cum = np.concatenate([[0.0], np.cumsum(slot_spend)])
     per_slot = budget / slots
     sq_err = float((((slot_spend - np.diff(target)) / per_slot) ** 2).sum())
+    auctions = np.histogram(log.ts[mask], bins=edges)[0]
+    traffic_target = budget * auctions / max(int(auctions.sum()), 1)
+    traffic_sq_err = float((((slot_spend - traffic_target) / per_slot) ** 2).sum())
     running = np.cumsum(paid)
     hit = np.flatnonzero(running >= EXHAUSTED * budget)
     return PeriodMetrics(
         budget=budget, spend=spend, wins=int(won.sum()), value=int(log.bid[won].sum()),
         opt_value=optimum(log.bid[mask], log.market[mask], budget),
-        max_dev=float(np.abs(cum - target).max() / budget), sq_err=sq_err, slots=slots,
+        max_dev=float(np.abs(cum - target).max() / budget), sq_err=sq_err, traffic_sq_err=traffic_sq_err, slots=slots,
         exhausted_at=float(log.ts[won][hit[0]]) if hit.size else None,
     )
 
@@ -123,6 +127,7 @@ def bidder_metrics(result: ReplayResult, bidder_id: str) -> dict[str, object]:
         "value_ratio": value / opt if opt else 0.0,
         "max_dev": max(p.max_dev for p in parts),
         "smooth_rmse": float(np.sqrt(sum(p.sq_err for p in parts) / sum(p.slots for p in parts))),
+        "traffic_rmse": float(np.sqrt(sum(p.traffic_sq_err for p in parts) / sum(p.slots for p in parts))),
         "exhausted_at": rfc3339(min(exhausted)) if exhausted else None,
         "ecpm_micros": spend * 1000 // wins if wins else 0,
         "wins": wins,
@@ -154,6 +159,7 @@ def summary(doc: dict[str, object]) -> dict[str, float]:
         "max_overspend": float(col("overspend").max()),
         "value_ratio": float(col("value_ratio").mean()),
         "smooth_rmse": float(col("smooth_rmse").mean()),
+        "traffic_rmse": float(col("traffic_rmse").mean()),
         "max_dev": float(col("max_dev").mean()),
         "volatility": float(col("signal_volatility").mean()),
     }

@@ -20,6 +20,7 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import ValidationError
 
+from pacer.auctionlog import LOSS, WIN, AuctionLogWriter
 from pacer.clock import ManualClock
 from pacer.controller import ControlLaw, Controller
 from pacer.curves import TrafficCurve
@@ -27,8 +28,10 @@ from pacer.engine import BidderConfig, Engine, EngineParams
 from pacer.periods import PeriodError, parse_period
 from pacer.replay.auctions import AuctionLog
 from pacer.replay.baselines import BASELINES
+from pacer.store import ModelRecord
 
 STRATEGIES = ("pacer", *BASELINES)
+LOG_BATCH = 500_000  # rows per auction-log write during a replay
 
 
 class BiddersError(ValueError):
@@ -45,6 +48,8 @@ class ReplayOptions:
     sample_s: float = 60.0  # how often the pacing signals are recorded
     seed: int = 0
     params: EngineParams | None = None  # e.g. the service's TTL bounds; default: EngineParams(tick_s=tick_s)
+    models: dict[str, dict[str, object]] | None = None  # fitted models (pacer.model/1) by bidder, as published
+    log: AuctionLogWriter | None = None  # write decisions and outcomes here, in the service's auction-log format
 
 
 @dataclass
@@ -108,8 +113,11 @@ def replay(log: AuctionLog, configs: dict[str, BidderConfig], curve: TrafficCurv
     start = float(log.ts[0]) if len(log) else 0.0
     clock = ManualClock(start)
     engine = Engine(clock, params, curve, rng=random.Random(opt.seed), controller=make_law(opt.strategy, params))
+    for bidder_id, doc in (opt.models or {}).items():
+        engine.apply_model(ModelRecord(bidder_id, 1, doc, {"ok": True}, 1))
     for bidder_id in log.bidders:
         engine.configure(bidder_id, configs[bidder_id])
+    out = opt.log
 
     n = len(log)
     ts, bidder, aid = log.ts.tolist(), log.bidder.tolist(), log.auction_id.tolist()
@@ -137,6 +145,9 @@ def replay(log: AuctionLog, configs: dict[str, BidderConfig], curve: TrafficCurv
                     engine.win(names[bidder[j]], aid[j], paid)
                 else:
                     engine.loss(names[bidder[j]], aid[j])
+                if out is not None:
+                    out.outcome(clock.now, WIN if paid >= 0 else LOSS, names[bidder[j]], aid[j],
+                                paid if paid >= 0 else None)
             elif next_tick <= until:
                 clock.now = next_tick
                 engine.tick()
@@ -154,7 +165,11 @@ def replay(log: AuctionLog, configs: dict[str, BidderConfig], curve: TrafficCurv
         t = ts[i]
         advance(t)
         clock.now = t
-        g, _ = decide(names[bidder[i]], aid[i], bid[i])
+        g, reason = decide(names[bidder[i]], aid[i], bid[i])
+        if out is not None:
+            out.decision(t, names[bidder[i]], aid[i], bid[i], g, reason or None)
+            if out.pending >= LOG_BATCH:
+                out.flush()
         if not g:
             continue
         granted[i] = g
@@ -169,6 +184,8 @@ def replay(log: AuctionLog, configs: dict[str, BidderConfig], curve: TrafficCurv
     # Drain: every notice arrives, and the engine ticks on to the end of the last period it paces.
     ends = [min(b.ends_at, b.window.end) for b in slots]
     advance(max([*ends, *(d for d, _, _ in notices)], default=start))
+    if out is not None and not out.flush():
+        raise OSError(f"auction log: cannot write to {out.url}: {out.last_error}")
     return ReplayResult(
         log=log, configs=configs, options=opt, engine=engine,
         granted=np.array(granted, dtype=np.int64), price=np.array(price, dtype=np.int64),

@@ -12,12 +12,21 @@ The hot path never calls a Store: the engine calls it from the event/sync paths 
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Protocol
 
 
 class StoreError(Exception):
     """The store could not do what was asked (unreachable, disk full, corrupt). Callers fail closed."""
+
+
+def to_json(doc: dict[str, object]) -> str:
+    """Compact JSON for a store; NaN and non-JSON values are refused (StoreError), never written."""
+    try:
+        return json.dumps(doc, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise StoreError(f"not storable as JSON: {exc}") from exc
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +49,19 @@ class WinRecord:
     price_micros: int
     period_key: str
     ts: float
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRecord:
+    """A bidder's spend-curve model as published by the refit: the current good model (version 0 and None
+    until the first one) and the last fit attempt, good or rejected, with its reason. `seq` orders publications
+    store-wide so an instance reads only what changed since it last looked."""
+
+    bidder_id: str
+    version: int
+    model: dict[str, object] | None
+    fit: dict[str, object]
+    seq: int
 
 
 class Store(Protocol):
@@ -81,3 +103,18 @@ class Store(Protocol):
 
     async def prune(self, before_ts: float) -> int:
         """Forget dedupe keys of wins older than before_ts (spend totals are kept). Returns rows removed."""
+
+    async def publish_fits(self, fits: list[tuple[str, dict[str, object] | None, dict[str, object]]]) -> int:
+        """Record refit outcomes: (bidder_id, model or None, fit status) each. A model (validated by the caller)
+        replaces the bidder's current one with version + 1; None leaves the current model in place (a bad fit
+        never replaces a good one) and only records the attempt. Returns the publication's seq."""
+
+    async def load_models(self, after_seq: int) -> list[ModelRecord]:
+        """Every bidder's model record published after `after_seq` (0: all), in seq order."""
+
+    async def try_lock(self, name: str, holder: str, ttl_s: float) -> bool:
+        """Take or renew a named lease lock for `ttl_s`; False while someone else holds it (one refit at a time
+        across the fleet; a holder that dies loses it at expiry)."""
+
+    async def unlock(self, name: str, holder: str) -> None:
+        """Release the lock if `holder` still holds it."""

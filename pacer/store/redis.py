@@ -8,7 +8,9 @@ keeps a local journal so that accepting an event never waits on Redis. Never cal
 - Operator writes (put, delete, restore) go to Redis directly and fail with StoreError when it is down.
 
 Keys (prefix `pacer` by default): `<p>:{<bidder_id>}:b` state hash, `<p>:{<bidder_id>}:w` win dedupe set,
-`<p>:{registry}` bidder_id -> version (discovery), `<p>:{registry}:seq` bumped on every operator write.
+`<p>:{registry}` bidder_id -> version (discovery), `<p>:{registry}:seq` bumped on every operator write,
+`<p>:{models}` refit models (v:/m:/f:<bidder_id>), `<p>:{models}:seq` bidder_id by publication seq,
+`<p>:{models}:n` the seq counter, `<p>:{lock}:<name>` lease locks.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import json
 import os
 import socket
 import uuid
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -28,18 +30,19 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.crc import key_slot
-from redis.exceptions import ConnectionError, NoScriptError, RedisError
-from redis.retry import Retry
+from redis.exceptions import NoScriptError, RedisError
 
 from pacer.store import journal
-from pacer.store.base import BidderRecord, StoreError, WinRecord
+from pacer.store.base import BidderRecord, ModelRecord, StoreError, WinRecord, to_json
 from pacer.store.sqlite import SqliteStore
 
 T = TypeVar("T")
 TIMEOUT_S = 1.0  # a Redis that does not answer within this is treated as down: sync fails, bids go on
 GROUP = 500  # bidders per Lua call on a plain Redis: one call blocks Redis ~5 ms at most
+PUBLISH_GROUP = 100  # models per publish call (each ~10 KB of JSON)
 
 
 class BidderLost(StoreError):
@@ -57,6 +60,8 @@ class LeaseRequest:
     want_micros: int
     hold_ms: int  # how long after the lease's TTL reservations granted under it may still be won
     wins: list[WinRecord] = field(default_factory=list)
+    floor_micros: int = 0  # open reservations: granted to the market, so the lease never shrinks below them
+    check: list[str] = field(default_factory=list)  # auctions won at other instances: counted in Redis yet?
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +74,7 @@ class LeaseReply:
     fleet_leased_micros: int
     config: dict[str, object] | None  # set when the version differs from the one the instance knows
     duplicates: list[int]  # indexes into the request's wins that Redis had counted before
+    counted: list[int]  # indexes into the request's `check` whose wins Redis has counted
 
 
 def _script(name: str) -> str:
@@ -91,7 +97,8 @@ class RedisStore:
         self._journal: SqliteStore | None = None
         self._claim: journal.Claim | None = None
         self._pending: list[WinRecord] = []  # journaled, not yet counted by Redis
-        self._sources = {name: _script(name) for name in ("sync", "put", "delete", "restore")}
+        scripts = ("sync", "put", "delete", "restore", "publish", "lock", "unlock")
+        self._sources = {name: _script(name) for name in scripts}
         self._sha: dict[str, str] = {}
 
     @classmethod
@@ -121,7 +128,8 @@ class RedisStore:
     async def open(self) -> None:
         if self._redis is not None:
             return
-        # One retry: a pooled connection goes stale when Redis restarts. Every script is safe to run twice.
+        # One retry: a pooled connection goes stale when Redis restarts. Every script and pipeline is safe to
+        # run twice. (The asyncio Retry: redis-py's sync one, given to an asyncio client, silently never retries.)
         options: dict[str, Any] = {"socket_timeout": TIMEOUT_S, "socket_connect_timeout": TIMEOUT_S,
                                    "retry": Retry(NoBackoff(), 1)}
         probe = aioredis.Redis.from_url(self.url, **options)
@@ -171,10 +179,8 @@ class RedisStore:
 
     async def load_configs(self, bidder_ids: list[str]) -> list[BidderRecord | None]:
         """Each bidder's configuration (None where deleted or missing), one pipelined round trip."""
-        async with self._client().pipeline(transaction=False) as pipe:
-            for bidder_id in bidder_ids:
-                pipe.hmget(self._state(bidder_id), "cfg", "ver", "del", "upd")
-            rows = await self._call(pipe.execute())
+        rows = await self._pipelined(lambda pipe: [pipe.hmget(self._state(b), "cfg", "ver", "del", "upd")
+                                                   for b in bidder_ids])
         out: list[BidderRecord | None] = []
         for bidder_id, (cfg, ver, deleted, updated) in zip(bidder_ids, rows, strict=True):
             if cfg is None or ver is None or deleted == b"1":
@@ -186,7 +192,7 @@ class RedisStore:
     async def put_bidder(self, record: BidderRecord) -> int:
         """Write the config; `record.version - 1` is the version the caller knows (0: none). Returns the version
         Redis assigned. Raises BidderLost when the caller knows the bidder but Redis lost it."""
-        config = json.dumps(record.config, separators=(",", ":"), allow_nan=False)
+        config = to_json(record.config)
         budget, paused = record.config["budget_micros"], "1" if record.config.get("paused") else "0"
         reply = await self._eval("put", [self._state(record.bidder_id)],
                                  [config, budget, paused, record.version - 1, repr(record.updated_at)])
@@ -201,7 +207,7 @@ class RedisStore:
 
     async def restore_bidder(self, record: BidderRecord, period_key: str, spent_micros: int) -> int:
         """Bring back a lost bidder with the spend an operator states for its current period. Returns the version."""
-        config = json.dumps(record.config, separators=(",", ":"), allow_nan=False)
+        config = to_json(record.config)
         budget, paused = record.config["budget_micros"], "1" if record.config.get("paused") else "0"
         reply = await self._eval("restore", [self._state(record.bidder_id)],
                                  [config, budget, paused, period_key, spent_micros])
@@ -210,13 +216,14 @@ class RedisStore:
 
     async def _announce(self, bidder_id: str, version: int | None) -> None:
         """Tell the fleet a bidder changed (discovery of new and deleted bidders)."""
-        async with self._client().pipeline(transaction=not self.cluster) as pipe:
+        def fill(pipe: Any) -> None:
             if version is None:
                 pipe.hdel(self._registry, bidder_id)
             else:
                 pipe.hset(self._registry, bidder_id, version)
             pipe.incr(f"{self._registry}:seq")
-            await self._call(pipe.execute())
+
+        await self._pipelined(fill, transaction=not self.cluster)
 
     # --- spend --------------------------------------------------------------------------------------------------
 
@@ -228,10 +235,7 @@ class RedisStore:
         return new
 
     async def load_spend(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], int]:
-        async with self._client().pipeline(transaction=False) as pipe:
-            for bidder_id, period in keys:
-                pipe.hget(self._state(bidder_id), f"s:{period}")
-            values = await self._call(pipe.execute())
+        values = await self._pipelined(lambda pipe: [pipe.hget(self._state(b), f"s:{period}") for b, period in keys])
         return {key: int(v or 0) for key, v in zip(keys, values, strict=True)}
 
     async def save_reserved(self, reserved: dict[str, tuple[int, float]]) -> None:
@@ -278,28 +282,23 @@ class RedisStore:
             for i in members:
                 r = requests[i]
                 keys += [self._state(r.bidder_id), self._wins(r.bidder_id)]
-                args += [r.known_version, r.period_key, r.want_micros, r.hold_ms, len(r.wins)]
+                args += [r.known_version, r.period_key, r.want_micros, r.floor_micros, r.hold_ms, len(r.wins),
+                         len(r.check)]
                 for w in r.wins:
                     args += [w.auction_id, w.price_micros, w.period_key]
+                args += r.check
             calls.append((members, keys, args))
 
-        async def run() -> list[Any]:
-            for attempt in range(2):
-                try:
-                    async with self._client().pipeline(transaction=False) as pipe:
-                        for _, keys, args in calls:
-                            pipe.execute_command("EVALSHA", self._sha["sync"], len(keys), *keys, *args)
-                        pipe.get(f"{self._registry}:seq")
-                        return list(await pipe.execute(raise_on_error=False))
-                except ConnectionError:
-                    if attempt:  # the second failure is Redis being down, not a stale pooled connection
-                        raise
-            raise AssertionError("unreachable")
+        def fill(pipe: Any) -> None:
+            for _, keys, args in calls:
+                pipe.execute_command("EVALSHA", self._sha["sync"], len(keys), *keys, *args)
+            pipe.get(f"{self._registry}:seq")
 
-        results = await self._call(run())
+        results = await self._pipelined(fill, raise_on_error=False)
         if any(isinstance(r, NoScriptError) for r in results):  # Redis restarted: scripts are gone
             await self._load_scripts()
-            results = await self._call(run())  # wins counted by the first attempt come back as duplicates
+            # wins counted by the first attempt come back as duplicates
+            results = await self._pipelined(fill, raise_on_error=False)
         for r in results:
             if isinstance(r, Exception):
                 raise StoreError(f"redis sync: {r}")
@@ -309,18 +308,56 @@ class RedisStore:
                 replies[i] = _reply(raw)
         return [replies[i] for i in range(len(requests))], int(results[-1] or 0)
 
+    # --- models and the refit lock --------------------------------------------------------------------------------
+
+    @property
+    def _models(self) -> str:
+        return f"{self.prefix}:{{models}}"
+
+    async def publish_fits(self, fits: list[tuple[str, dict[str, object] | None, dict[str, object]]]) -> int:
+        seq = 0
+        for lo in range(0, len(fits), PUBLISH_GROUP):
+            args: list[object] = []
+            for bidder_id, model, fit in fits[lo: lo + PUBLISH_GROUP]:
+                args += [bidder_id, to_json(model) if model is not None else "", to_json(fit)]
+            keys = [self._models, f"{self._models}:seq", f"{self._models}:n"]
+            seq = int(await self._eval("publish", keys, args))
+        return seq
+
+    async def load_models(self, after_seq: int) -> list[ModelRecord]:
+        client = self._client()
+        changed = await self._call(client.zrangebyscore(f"{self._models}:seq", f"({after_seq}", "+inf",
+                                                        withscores=True))
+        if not changed:
+            return []
+        ids = [member.decode() for member, _ in changed]
+        fields = [f"{kind}:{bidder_id}" for bidder_id in ids for kind in "vmf"]
+        values = await self._call(client.hmget(self._models, fields))
+        out = []
+        for i, (bidder_id, (_, seq)) in enumerate(zip(ids, changed, strict=True)):
+            version, model, fit = values[3 * i: 3 * i + 3]
+            out.append(ModelRecord(bidder_id, int(version or 0), json.loads(model) if model else None,
+                                   json.loads(fit) if fit else {}, int(seq)))
+        return out
+
+    async def try_lock(self, name: str, holder: str, ttl_s: float) -> bool:
+        return bool(await self._eval("lock", [f"{self.prefix}:{{lock}}:{name}"], [holder, int(ttl_s * 1000)]))
+
+    async def unlock(self, name: str, holder: str) -> None:
+        await self._eval("unlock", [f"{self.prefix}:{{lock}}:{name}"], [holder])
+
     # --- notices relayed between instances -----------------------------------------------------------------------
 
     @property
     def _channel(self) -> str:
         return f"{self.prefix}:settled"
 
-    async def publish_settled(self, notices: list[tuple[str, str]]) -> None:
+    async def publish_settled(self, notices: list[tuple[str, str, bool]]) -> None:
         """Tell the other instances which auctions' notices reached this one (best effort: a lost message only
         means a reservation elsewhere waits for its expiry)."""
         await self._call(self._client().publish(self._channel, json.dumps([self.instance, notices])))
 
-    async def settled(self) -> AsyncIterator[list[tuple[str, str]]]:
+    async def settled(self) -> AsyncIterator[list[tuple[str, str, bool]]]:
         """Notices the other instances relay, as they arrive. Raises StoreError when the connection drops."""
         pubsub = self._client().pubsub()
         try:
@@ -333,8 +370,8 @@ class RedisStore:
                 if message is None:
                     continue
                 sender, notices = json.loads(message["data"])
-                if sender != self.instance:
-                    yield [(bidder_id, auction_id) for bidder_id, auction_id in notices]
+                if sender != self.instance:  # [bidder, auction, won]; a pair (older senders) may be a win
+                    yield [(n[0], n[1], bool(n[2]) if len(n) > 2 else True) for n in notices]
         finally:
             with contextlib.suppress(RedisError, OSError):
                 await pubsub.aclose()
@@ -365,6 +402,13 @@ class RedisStore:
                 await self._load_scripts()
         raise AssertionError("unreachable")
 
+    async def _pipelined(self, fill: Callable[[Any], object], transaction: bool = False,
+                         raise_on_error: bool = True) -> list[Any]:
+        """One pipelined round trip; redis-py retries it once on a stale pooled connection (Redis restarted)."""
+        async with self._client().pipeline(transaction=transaction) as pipe:
+            fill(pipe)
+            return list(await self._call(pipe.execute(raise_on_error=raise_on_error)))
+
     @staticmethod
     async def _call(awaitable: Awaitable[T]) -> T:
         """Redis errors (down, timeout, OOM, script error) become StoreError; callers fail closed on it."""
@@ -375,10 +419,10 @@ class RedisStore:
 
 
 def _reply(raw: list[Any]) -> LeaseReply:
-    status, version, incarnation, spent, lease, fleet, cfg, dups = raw
+    status, version, incarnation, spent, lease, fleet, cfg, dups, counted = raw
     return LeaseReply(
         status=status.decode(), version=int(version), incarnation=int(incarnation), spent_micros=int(spent),
         lease_micros=int(lease), fleet_leased_micros=int(fleet), config=json.loads(cfg) if cfg else None,
-        duplicates=[int(d) - 1 for d in dups],
+        duplicates=[int(d) - 1 for d in dups], counted=[int(c) - 1 for c in counted],
     )
 

@@ -10,17 +10,18 @@ import functools
 import json
 import os
 import sqlite3
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from pacer.store.base import BidderRecord, StoreError, WinRecord
+from pacer.store.base import BidderRecord, ModelRecord, StoreError, WinRecord, to_json
 
 T = TypeVar("T")
 _Op = Callable[[sqlite3.Connection], Any]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 INT64_MAX = 2**63 - 1
 _SYNCHRONOUS = ("NORMAL", "FULL", "EXTRA")  # OFF is refused: a power cut could corrupt the file
 _SCHEMA = """
@@ -39,6 +40,10 @@ CREATE TABLE IF NOT EXISTS reserved (
 CREATE TABLE IF NOT EXISTS outbox (
     bidder_id TEXT NOT NULL, auction_id TEXT NOT NULL, price_micros INTEGER NOT NULL,
     period_key TEXT NOT NULL, ts REAL NOT NULL, PRIMARY KEY (bidder_id, auction_id)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS models (
+    bidder_id TEXT PRIMARY KEY, version INTEGER NOT NULL, model TEXT, fit TEXT NOT NULL, seq INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS models_seq ON models (seq);
+CREATE TABLE IF NOT EXISTS locks (name TEXT PRIMARY KEY, holder TEXT NOT NULL, until REAL NOT NULL);
 """
 # SQLite turns an overflowing integer sum into REAL; the CHECK above makes that an IntegrityError instead.
 _ADD_SPEND = (
@@ -248,6 +253,41 @@ class SqliteStore:
     async def prune(self, before_ts: float) -> int:
         removed: int = await self._write(_statement("DELETE FROM wins WHERE ts < ?", (before_ts,)))
         return removed
+
+    # -- models and the refit lock --
+
+    async def publish_fits(self, fits: list[tuple[str, dict[str, object] | None, dict[str, object]]]) -> int:
+        rows = [(bidder_id, to_json(model) if model is not None else None, to_json(fit))
+                for bidder_id, model, fit in fits]
+
+        def apply(conn: sqlite3.Connection) -> int:
+            seq: int = conn.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM models").fetchone()[0]
+            conn.executemany(
+                "INSERT INTO models VALUES (?1, CASE WHEN ?2 IS NULL THEN 0 ELSE 1 END, ?2, ?3, ?4) "
+                "ON CONFLICT (bidder_id) DO UPDATE SET version = version + (excluded.model IS NOT NULL), "
+                "model = COALESCE(excluded.model, model), fit = excluded.fit, seq = excluded.seq",
+                [(*row, seq) for row in rows])
+            return seq
+
+        seq: int = await self._write(apply)
+        return seq
+
+    async def load_models(self, after_seq: int) -> list[ModelRecord]:
+        rows = await self._on_thread(lambda: self._db().execute(
+            "SELECT bidder_id, version, model, fit, seq FROM models WHERE seq > ? ORDER BY seq, bidder_id",
+            (after_seq,)).fetchall())
+        return [ModelRecord(b, v, json.loads(m) if m else None, json.loads(f), s) for b, v, m, f, s in rows]
+
+    async def try_lock(self, name: str, holder: str, ttl_s: float) -> bool:
+        now = time.time()
+        taken: int = await self._write(_statement(
+            "INSERT INTO locks VALUES (?, ?, ?) ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, "
+            "until = excluded.until WHERE locks.until < ? OR locks.holder = excluded.holder",
+            (name, holder, now + ttl_s, now)))
+        return taken == 1
+
+    async def unlock(self, name: str, holder: str) -> None:
+        await self._write(_statement("DELETE FROM locks WHERE name = ? AND holder = ?", (name, holder)))
 
     # -- machinery --
 

@@ -100,7 +100,7 @@ def make_app(tmp_path: Path) -> Callable[..., PacerApp]:
 
     def make(**overrides: Any) -> PacerApp:
         settings = {"store": f"sqlite:///{tmp_path}/p.db", "operator_token": OPERATOR_TOKEN,
-                    "operator_token_file": tmp_path / "t", **overrides}
+                    "operator_token_file": tmp_path / "t", "log_url": str(tmp_path / "log"), **overrides}
         return create_app(Settings(**settings))
 
     return make

@@ -29,7 +29,7 @@ from tests.api.conftest import (
 STATUS_KEYS = {
     "bidder_id", "state", "budget_micros", "spent_micros", "reserved_micros", "remaining_micros",
     "target_spent_micros", "period", "period_start", "period_end", "pacing", "max_bid_micros", "throttle",
-    "multiplier",
+    "multiplier", "model",
 }
 
 # Every operator route, as (method, path, JSON body or None), all aimed at an existing bidder "b1".
@@ -100,6 +100,8 @@ async def test_put_status_has_exactly_the_documented_keys(client: httpx.AsyncCli
         "remaining_micros": 5000, "target_spent_micros": 5000, "period": period,
         "period_start": period["start"], "period_end": period["end"], "pacing": "asap", "max_bid_micros": 900,
         "throttle": 1.0, "multiplier": 1.0,
+        "model": {"source": "prior", "version": 0, "fitted_at": None, "rows": None, "landscape": False,
+                  "fit_error": None, "last_fit": None},
     }
     assert await get_bidder(client, "b1") == status
 

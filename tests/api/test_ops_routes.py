@@ -78,6 +78,7 @@ DOCUMENTED = {
     "/v1/bidders/{bidder_id}/pause": {"post"},
     "/v1/bidders/{bidder_id}/resume": {"post"},
     "/v1/bidders/{bidder_id}/restore": {"post"},
+    "/v1/bidders/{bidder_id}/curve": {"get"},
     "/healthz": {"get"},
     "/readyz": {"get"},
     "/metrics": {"get"},

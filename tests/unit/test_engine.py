@@ -221,9 +221,14 @@ def test_leased_engine_spends_only_its_lease_and_settles_across_instances() -> N
     assert eng.decide("b", "a3", 1_000) == (0, "no_budget")
     eng.loss("b", "elsewhere-1")
     eng.win("b", "elsewhere-2", 300)
-    assert eng.foreign == [("b", "elsewhere-1"), ("b", "elsewhere-2")]
-    eng.settled_elsewhere("b", "a1")  # another instance got a1's notice
+    assert eng.foreign == [("b", "elsewhere-1", False), ("b", "elsewhere-2", True)]
+    eng.settled_elsewhere("b", "a1", won=False)  # another instance got a1's loss notice: free now
     assert bidder.ledger.reserved == 500
+    eng.settled_elsewhere("b", "a2", won=True)  # a2 won there: held until the fleet store counts it (fleet.py)
+    assert bidder.ledger.reserved == 500 and bidder.ledger.elsewhere() == ["a2"]
+    bidder.ledger.expire(clock() + 3600, ttl=1.0, forget_after=7200)  # exempt from expiry...
+    assert bidder.ledger.reserved == 500
+    assert bidder.ledger.release("a2") == 500  # ...until fleet.py hears the win is counted
     bidder.lost = True
     bidder.ledger.limit = 0
     assert eng.decide("b", "a4", 10) == (0, "budget_unknown")

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from pacer.store.base import BidderRecord, StoreError, WinRecord
 from pacer.store.redis import BidderLost, LeaseReply, LeaseRequest, RedisStore
 from tests.redis_server import RedisCluster, RedisServer
+from tests.store_contract import check_lock, check_models
 
 PERIOD = "flight:1000"
 TTL_MS = 60_000
@@ -71,6 +72,12 @@ async def open_store(tmp_path: Path, redis_server: RedisServer) -> AsyncIterator
     yield opener
     for s in stores:
         await s.close()
+
+
+async def test_models_and_lock_contract(open_store: Opener) -> None:
+    a, b = await open_store("a"), await open_store("b")
+    await check_models(a, b)
+    await check_lock(a, b)
 
 
 # --- configuration ----------------------------------------------------------------------------------------------
@@ -245,6 +252,24 @@ async def test_scripts_reload_after_script_flush(open_store: Opener, redis_serve
     await s.put_bidder(record("b1", 2_000, known=1))
 
 
+async def test_every_call_survives_a_restart_that_left_stale_pooled_connections(
+        open_store: Opener, redis_server: RedisServer) -> None:
+    """redis-py retries single commands on a stale connection but not pipelines: each pipelined call must."""
+    s = await open_store()
+    await s.put_bidder(record("b1", 1_000))
+    calls: list[Callable[[], Awaitable[object]]] = [
+        lambda: s.load_configs(["b1"]),
+        lambda: s.load_spend([("b1", PERIOD)]),
+        lambda: s.put_bidder(record("b2", 1_000)),  # its announce is a pipeline
+        lambda: s.restore_bidder(record("b1", 1_000), PERIOD, 0),
+        lambda: s.sync([ask("b1", 10)], TTL_MS, DEDUPE_MS),
+    ]
+    for call in calls:
+        await asyncio.gather(*(s.load_configs(["b1"]) for _ in range(4)))  # several pooled connections
+        redis_server.stop()
+        redis_server.start()
+        await call()
+
 async def test_redis_down_is_a_store_error_fast(open_store: Opener, redis_server: RedisServer) -> None:
     s = await open_store()
     await s.put_bidder(record("b1", 1_000))
@@ -259,7 +284,7 @@ async def test_redis_down_is_a_store_error_fast(open_store: Opener, redis_server
 
 async def test_notices_are_relayed_to_the_other_instances(open_store: Opener) -> None:
     a, b = await open_store("a"), await open_store("b")
-    received: list[list[tuple[str, str]]] = []
+    received: list[list[tuple[str, str, bool]]] = []
 
     async def listen() -> None:
         async for notices in b.settled():
@@ -269,10 +294,35 @@ async def test_notices_are_relayed_to_the_other_instances(open_store: Opener) ->
     task = asyncio.create_task(listen())
     deadline = asyncio.get_running_loop().time() + 5.0
     while not task.done():  # publish until b's subscription is up: pub/sub keeps nothing for late subscribers
-        await a.publish_settled([("b1", "auction-9")])
+        await a.publish_settled([("b1", "auction-9", True), ("b1", "auction-10", False)])
         await asyncio.wait({task}, timeout=0.02)
         assert asyncio.get_running_loop().time() < deadline
-    assert received == [[("b1", "auction-9")]]
+    assert received == [[("b1", "auction-9", True), ("b1", "auction-10", False)]]
+
+
+async def test_a_lease_never_shrinks_below_the_open_reservations(open_store: Opener,
+                                                                redis_server: RedisServer) -> None:
+    """Short of budget, leases are shared in proportion to demand, but never below what an instance has already
+    granted to the market: those reservations may all win."""
+    a, b = await open_store("a"), await open_store("b")
+    await a.put_bidder(record("b1", 1000))
+    assert (await sync_one(a, ask("b1", 600))).lease_micros == 600
+    assert (await sync_one(b, ask("b1", 1000))).lease_micros == 400  # what is left
+    held = LeaseRequest("b1", 1, PERIOD, 900, 0, [], floor_micros=600)  # a has 600 reserved and wants more
+    assert (await sync_one(a, held)).lease_micros == 600  # its share (473) would not cover its reservations
+    assert live_leases(state(redis_server)) == 1000  # the invariant holds: spent 0 + leases <= budget
+
+
+async def test_wins_charged_elsewhere_are_reported_once_counted(open_store: Opener) -> None:
+    """The instance that granted a bid won at another one keeps its reservation until Redis has counted the win."""
+    a, b = await open_store("a"), await open_store("b")
+    await a.put_bidder(record("b1", 10_000))
+    check = LeaseRequest("b1", 1, PERIOD, 100, 0, [], floor_micros=100, check=["x", "y"])
+    assert (await sync_one(a, check)).counted == []  # b has not shipped x yet
+    await b.record_wins([win("x", 70)])
+    await sync_one(b, ask("b1", 0, b.take_pending()))
+    reply = await sync_one(a, check)
+    assert reply.counted == [0] and reply.spent_micros == 70
 
 
 # --- journal ----------------------------------------------------------------------------------------------------

@@ -4,11 +4,13 @@
 --
 -- KEYS: per bidder i, KEYS[2i-1] = its state hash, KEYS[2i] = its win dedupe sorted set (same hash tag).
 -- ARGV: instance id, lease ttl ms, dedupe window ms, then per bidder:
---   known config version, current period key, wanted lease micros, reservation hold ms, n, then n wins as
---   (auction id, price micros, period key).
+--   known config version, current period key, wanted lease micros, floor micros (the instance's open
+--   reservations: already granted to the market, so its lease never shrinks below them), reservation hold ms,
+--   n, m, then n wins as (auction id, price micros, period key), then m auction ids to check.
 -- Reply per bidder: {status, version, incarnation, spent in the period, lease granted, fleet lease total, config
---   json or '', list of 1-based indexes of the wins that were duplicates}. status: 'ok', 'deleted' or 'lost' (no state:
---   the data was lost; nothing is written, so spend is never silently reset to zero).
+--   json or '', list of 1-based indexes of the wins that were duplicates, list of 1-based indexes of the checked
+--   auctions whose wins are counted}. status: 'ok', 'deleted' or 'lost' (no state: the data was lost; nothing is
+--   written, so spend is never silently reset to zero).
 --
 -- The state hash: ver, inc (incarnation: Redis time ms when an operator created or restored the state), cfg
 -- (json), bud (budget micros), pause ('1'), del ('1' tombstone), s:<period> spent,
@@ -23,13 +25,14 @@ local a = 4
 local out = {}
 for i = 1, #KEYS / 2 do
   local h, z = KEYS[2 * i - 1], KEYS[2 * i]
-  local known, per, want, hold, n = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3]),
+  local known, per, want, floor, hold = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3]),
     tonumber(ARGV[a + 4])
-  a = a + 5
+  local n, m = tonumber(ARGV[a + 5]), tonumber(ARGV[a + 6])
+  a = a + 7
   local ver = redis.call('HGET', h, 'ver')
   if not ver then
-    a = a + 3 * n  -- keep the wins: the caller holds them until an operator restores the bidder
-    out[i] = {'lost', 0, 0, 0, 0, 0, '', {}}
+    a = a + 3 * n + m  -- keep the wins: the caller holds them until an operator restores the bidder
+    out[i] = {'lost', 0, 0, 0, 0, 0, '', {}, {}}
   else
     local dups = {}
     if n > 0 then
@@ -43,6 +46,12 @@ for i = 1, #KEYS / 2 do
       else
         dups[#dups + 1] = k
       end
+    end
+    -- Wins another instance charged on auctions this one granted: counted yet? (then their reservations go)
+    local counted = {}
+    for k = 1, m do
+      if redis.call('ZSCORE', z, ARGV[a]) then counted[#counted + 1] = k end
+      a = a + 1
     end
     -- Everyone else's live leases in this period; expired ones go back to the pool.
     local f = redis.call('HGETALL', h)
@@ -65,13 +74,14 @@ for i = 1, #KEYS / 2 do
     local budget = tonumber(st['bud'] or '0')
     local spent = tonumber(st['s:' .. per] or '0')
     local grant = want
-    if st['del'] == '1' or st['pause'] == '1' then grant = 0 end
+    if st['del'] == '1' or st['pause'] == '1' then grant = math.min(want, floor) end
     local left = budget - spent
     if want + others_want > left and want > 0 then
       -- Short: each instance gets its share of what is left, in proportion to what it asked for.
       grant = math.min(grant, math.floor(left * (want / (want + others_want))))  -- exact when alone
     end
-    grant = math.max(0, math.min(grant, left - others))
+    -- Never below the open reservations: they are out in the market and may all win.
+    grant = math.max(0, math.min(math.max(grant, math.min(floor, want)), left - others))
     if grant > 0 then
       redis.call('HSET', h, 'l:' .. inst, int(grant), 'e:' .. inst, int(now + ttl + hold), 'p:' .. inst, per,
         'w:' .. inst, int(want))
@@ -82,7 +92,7 @@ for i = 1, #KEYS / 2 do
     if st['del'] == '1' then status = 'deleted' end
     local cfg = ''
     if ver ~= known then cfg = st['cfg'] or '' end
-    out[i] = {status, tonumber(ver), tonumber(st['inc'] or '0'), spent, grant, others + grant, cfg, dups}
+    out[i] = {status, tonumber(ver), tonumber(st['inc'] or '0'), spent, grant, others + grant, cfg, dups, counted}
   end
 end
 return out
