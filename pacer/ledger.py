@@ -11,6 +11,7 @@ still charged (it was spent) and counted in `uncovered`, so the bound on it is v
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 
 
@@ -52,10 +53,12 @@ class Ledger:
         self.holdback_until = 0.0
         self.uncovered = 0
         # auction_id -> (micros, granted_at), in grant order: the clock never goes back, so expiry pops
-        # from the front.
-        self._open: dict[str, tuple[int, float]] = {}
+        # from the front. OrderedDict, not dict: a dict scans the deleted slots at its front on every
+        # next(iter()), which made expiry quadratic (100k expiries: 1.3 s vs 27 ms), and grants are mostly
+        # expired, not settled, where exchanges send no loss notices.
+        self._open: OrderedDict[str, tuple[int, float]] = OrderedDict()
         # Recently expired grants, auction_id -> granted_at: a late win still tells its true delay.
-        self._expired: dict[str, float] = {}
+        self._expired: OrderedDict[str, float] = OrderedDict()
         # Fleet: grants won at another instance, held (still in `reserved`, exempt from expiry) until the fleet's
         # spend includes the win; fleet.py releases them.
         self._elsewhere: dict[str, tuple[int, float]] = {}
