@@ -27,9 +27,9 @@ retried) if, during it, other processes used more than DISTURBED_CORE0/1 of eith
 pinned processes), the server's core was not saturated, or wrk saw errors. Rounds go on until every target has
 MIN_RUNS accepted runs and its median moved by at most STABLE in the last round, or MAX_ROUNDS, or the time
 budget. Then open-loop latency (`loadtest/openloop.py`, median of OPENLOOP_RUNS runs) of b at half its median
-rate, and of a and b0 at the same
-(whose stalls the p99 shows), and `loadtest/fleet_scale.py` (tick, memory, Redis sync and auction log costs,
-in process). Results: a table on stdout and in <out>/bench.md, everything (raw runs too) in <out>/bench.json.
+rate, and of a and b0 at the same rate (whose stalls the p99 shows), and `loadtest/fleet_scale.py` (tick, memory,
+Redis sync and auction log costs, in process). Results: a table on stdout and in <out>/bench.md, everything (raw
+runs too) in <out>/bench.json.
 """
 
 from __future__ import annotations
