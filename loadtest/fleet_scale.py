@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from pacer.auctionlog import AuctionLogWriter, _table
+from pacer.auctionlog import AuctionLogWriter
 from pacer.clock import ManualClock
 from pacer.curves import TrafficCurve
 from pacer.engine import BidderConfig, Engine, EngineParams
@@ -295,7 +295,7 @@ def auction_log() -> dict[str, float]:
                                 None if k % 4 else "paced")
             started, cpu, held = time.perf_counter(), time.process_time(), time.thread_time()
             batch = writer.take()
-            table = _table(batch, 1.0)
+            table = writer.table(batch)
             table_us.append((time.thread_time() - held) / LOG_ROWS * 1e6)
             del table
             assert writer.write(batch)

@@ -24,14 +24,11 @@ import os
 import random
 import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from array import array
 from datetime import UTC, datetime
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
@@ -67,43 +64,82 @@ def open_filesystem(url: str) -> tuple[pafs.FileSystem, str]:
         return pafs.PyFileSystem(pafs.FSSpecHandler(fsspec.filesystem(protocol))), path
 
 
-# Rows wait as columns (one list per field), not as a tuple per row: a tuple per row is a container the garbage
-# collector traverses in every full collection, and 10^5 of them made those pauses the bid path's p99.
-DECISION_FIELDS = ("ts", "bidder_id", "auction_id", "bid_micros", "granted_micros", "reason")
-OUTCOME_FIELDS = ("ts", "kind", "bidder_id", "auction_id", "price_micros")
-Cols = tuple[list[Any], ...]
+KINDS = (BID, WIN, LOSS)
 
 
-def _empty(fields: tuple[str, ...]) -> Cols:
-    return tuple([] for _ in fields)
+class _Names:
+    """A growing dictionary of repeated strings (bidder ids, reasons): rows store a small int code."""
+
+    def __init__(self, names: tuple[str, ...] = ()) -> None:
+        self.names: list[str] = list(names)
+        self.codes: dict[str, int] = {n: i for i, n in enumerate(names)}
+
+    def code(self, name: str) -> int:
+        code = self.codes.get(name)
+        if code is None:
+            code = self.codes[name] = len(self.names)
+            self.names.append(name)
+        return code
 
 
-@dataclass(frozen=True, slots=True)
-class Batch:
-    decisions: Cols  # DECISION_FIELDS columns
-    outcomes: Cols  # OUTCOME_FIELDS columns
+class Rows:
+    """Buffered rows as flat columns: numbers in `array.array`, auction ids as UTF-8 bytes with end offsets,
+    bidder ids and reasons as codes. Nothing kept per row is a Python object, so the garbage collector has nothing
+    to traverse (10^6 buffered rows held as Python objects cost 300-500 ms per full collection, and as much again
+    to free), and Arrow takes the buffers without copying."""
+
+    __slots__ = ("auction_data", "auction_ends", "bid", "bidder", "granted", "kind", "price", "reason", "ts")
+
+    def __init__(self) -> None:
+        self.ts = array("d")
+        self.kind = array("b")
+        self.bidder = array("i")
+        self.auction_data = bytearray()
+        self.auction_ends = array("i", [0])
+        self.bid = array("q")
+        self.granted = array("q")
+        self.reason = array("i")  # 0: none, else 1 + the code in the writer's reasons
+        self.price = array("q")
 
     def __len__(self) -> int:
-        return len(self.decisions[0]) + len(self.outcomes[0])
+        return len(self.ts)
 
-    def table(self, sample: float) -> pa.Table:
-        return _table(self, sample)
+    def table(self, bidders: list[str], reasons: list[str], sample: float) -> pa.Table:
+        """The rows as an Arrow table of SCHEMA (the buffers are shared, not copied)."""
+        n = len(self)
+        kind = np.frombuffer(self.kind, np.int8) if n else np.zeros(0, np.int8)
+        is_bid, is_win = kind == 0, kind == 1
+        reason = np.frombuffer(self.reason, np.int32) if n else np.zeros(0, np.int32)
 
-    def slices(self, rows: int) -> Iterator[Batch]:
-        """The batch in pieces of at most `rows` rows."""
-        for lo in range(0, len(self.decisions[0]), rows):
-            yield Batch(tuple(c[lo: lo + rows] for c in self.decisions), _empty(OUTCOME_FIELDS))
-        for lo in range(0, len(self.outcomes[0]), rows):
-            yield Batch(_empty(DECISION_FIELDS), tuple(c[lo: lo + rows] for c in self.outcomes))
+        def ints(values: array[int], valid: np.ndarray) -> pa.Array:
+            return pa.array(np.frombuffer(values, np.int64) if n else np.zeros(0, np.int64), pa.int64(), mask=~valid)
+
+        def coded(codes: np.ndarray, names: list[str], valid: np.ndarray | None = None) -> pa.Array:
+            indices = pa.array(codes, pa.int32(), mask=None if valid is None else ~valid)
+            return pa.DictionaryArray.from_arrays(indices, pa.array(names, pa.string())).cast(pa.string())
+
+        ts_ms = np.rint(np.frombuffer(self.ts, np.float64) * 1000.0).astype(np.int64) if n else np.zeros(0, np.int64)
+        auction = pa.StringArray.from_buffers(n, pa.py_buffer(self.auction_ends), pa.py_buffer(self.auction_data))
+        return pa.table({
+            "ts": pa.array(ts_ms, pa.timestamp("ms", tz="UTC")),
+            "kind": coded(kind.astype(np.int32), list(KINDS)),
+            "bidder_id": coded(np.frombuffer(self.bidder, np.int32) if n else np.zeros(0, np.int32), bidders),
+            "auction_id": auction,
+            "bid_micros": ints(self.bid, is_bid), "granted_micros": ints(self.granted, is_bid),
+            "reason": coded(np.maximum(reason - 1, 0), reasons or [""], reason > 0),
+            "price_micros": ints(self.price, is_win),
+            "sample": pa.array(np.where(is_bid, sample, 1.0), pa.float64()),
+        }, schema=SCHEMA)
 
 
 class AuctionLogWriter:
     """Buffers log rows in memory and writes them as Parquet when asked, from a thread.
 
-    The hot path pays six list appends per decision (and a random draw when sampling); converting rows to Arrow
-    and writing files happens in `write`, which the service runs off the event loop. A sink that fails (full
-    disk, no permission, network) never reaches the caller of `decision`/`outcome`: its rows wait for the next
-    write, and past `max_rows` waiting rows the oldest are dropped and counted.
+    The hot path appends numbers to flat buffers (and draws a random number when sampling); `take` hands the
+    buffers over in O(1), and `write` (in the service's low-priority thread) wraps them as Arrow arrays and writes
+    Parquet. A sink that fails (full disk, no permission, network) never reaches the caller of
+    `decision`/`outcome`: its rows wait, converted, for the next write, and past `max_rows` waiting rows the
+    oldest decisions are dropped and counted (outcomes carry the money).
     """
 
     def __init__(self, url: str, writer_id: str, sample: float = 1.0, max_rows: int = 2_000_000,
@@ -116,11 +152,13 @@ class AuctionLogWriter:
         self.sample = sample
         self.max_rows = max_rows
         self._random = (rng or random.Random()).random
-        self._decisions = _empty(DECISION_FIELDS)
-        self._outcomes = _empty(OUTCOME_FIELDS)
-        self._bind()
+        self._bidders = _Names()
+        self._reasons = _Names()
+        self._rows = Rows()
         self._seq = 0
         self._lock = threading.Lock()  # one write at a time (a write at stop may meet a periodic one)
+        self._waiting: list[pa.Table] = []  # rows a failed write gave back, oldest first
+        self._waiting_rows = 0
         self.written_rows = 0
         self.written_files = 0
         self.dropped_rows = 0
@@ -133,62 +171,68 @@ class AuctionLogWriter:
                  ) -> None:
         if self.sample < 1.0 and self._random() >= self.sample:
             return
-        self._d_ts(ts)
-        self._d_bidder(bidder_id)
-        self._d_auction(auction_id)
-        self._d_bid(bid)
-        self._d_granted(granted)
-        self._d_reason(reason)
+        code = 0 if reason is None else 1 + self._reasons.code(reason)
+        self._append(ts, 0, bidder_id, auction_id, bid, granted, code, 0)
 
     def outcome(self, ts: float, kind: str, bidder_id: str, auction_id: str, price: int | None = None) -> None:
         """A win (with its price) or a loss: never sampled (spend must add up)."""
-        for column, value in zip(self._outcomes, (ts, kind, bidder_id, auction_id, price), strict=True):
-            column.append(value)
+        self._append(ts, 1 if kind == WIN else 2, bidder_id, auction_id, 0, 0, 0, price or 0)
 
-    def _bind(self) -> None:
-        """The decision columns' bound append methods: the hot path's six calls skip an attribute lookup each."""
-        (self._d_ts, self._d_bidder, self._d_auction, self._d_bid, self._d_granted,
-         self._d_reason) = (c.append for c in self._decisions)
+    def _append(self, ts: float, kind: int, bidder_id: str, auction_id: str, bid: int, granted: int, reason: int,
+                price: int) -> None:
+        rows = self._rows
+        bidder = self._bidders.codes.get(bidder_id)
+        rows.ts.append(ts)
+        rows.kind.append(kind)
+        rows.bidder.append(self._bidders.code(bidder_id) if bidder is None else bidder)
+        rows.auction_data += auction_id.encode()
+        rows.auction_ends.append(len(rows.auction_data))
+        rows.bid.append(bid)
+        rows.granted.append(granted)
+        rows.reason.append(reason)
+        rows.price.append(price)
 
     # --- writing (off the event loop) ---------------------------------------------------------------------------
 
     @property
     def pending(self) -> int:
-        return len(self._decisions[0]) + len(self._outcomes[0])
+        return len(self._rows) + self._waiting_rows
 
     @property
     def ok(self) -> bool:
         """False while the last write failed."""
         return self.last_error is None
 
-    def take(self) -> Batch:
-        """Everything buffered so far; the hot path appends to fresh columns from here on. Call it on the thread
-        that logs (the event loop), then `write` the batch from any thread."""
-        batch = Batch(self._decisions, self._outcomes)
-        self._decisions, self._outcomes = _empty(DECISION_FIELDS), _empty(OUTCOME_FIELDS)
-        self._bind()
-        return batch
+    def take(self) -> Rows:
+        """Everything buffered so far; the hot path appends to fresh buffers from here on. Call it on the thread
+        that logs (the event loop), then `write` the rows from any thread."""
+        rows, self._rows = self._rows, Rows()
+        return rows
 
-    def write(self, batch: Batch) -> bool:
-        """Write a batch, one file per (date, hour). False if the sink failed: the error is recorded (and
-        logged once per failure streak), not raised; give the batch back with `requeue`."""
-        if not len(batch):
-            return True
-        return self.write_table(batch.table(self.sample))
+    def table(self, rows: Rows) -> pa.Table:
+        """Taken rows as an Arrow table of SCHEMA."""
+        return rows.table(list(self._bidders.names), list(self._reasons.names), self.sample)
 
-    def write_table(self, table: pa.Table) -> bool:
-        """`write` for rows already converted (Batch.table). The service converts on the event loop in slices
-        between bids, so its writer thread runs only Arrow's C++, which releases the GIL the event loop needs
-        (one 200k-row conversion in a thread held it for 45-70 ms: the bid path's p99)."""
+    def write(self, rows: Rows) -> bool:
+        """Write these rows after any that wait from failed writes, one file per (date, hour). False if the sink
+        failed: the error is recorded (and logged once per failure streak), not raised, and the rows wait for the
+        next write."""
+        table = self.table(rows)
         with self._lock:
+            if self._waiting:
+                table = pa.concat_tables([*self._waiting, table])
+                self._waiting, self._waiting_rows = [], 0
+            if not table.num_rows:
+                return True
             try:
                 files = self._write_partitions(table)
             except (OSError, pa.ArrowException) as exc:
                 self.failures += 1
                 if self.last_error is None:
                     log.error("auction log: cannot write to %s: %s (bidding goes on; rows wait in memory up to "
-                              "%d, then the oldest are dropped and counted)", self.url, exc, self.max_rows)
+                              "%d, then the oldest decisions are dropped and counted)", self.url, exc, self.max_rows)
                 self.last_error = f"{type(exc).__name__}: {exc}"
+                self._wait(table)
                 return False
             if self.last_error is not None:
                 log.warning("auction log: writing to %s works again", self.url)
@@ -197,27 +241,19 @@ class AuctionLogWriter:
             self.written_files += files
             return True
 
-    def requeue(self, batch: Batch) -> None:
-        """Put a batch that could not be written back in front of newer rows; beyond max_rows waiting, drop the
-        oldest decisions first (outcomes carry the money). Call it where `take` is called."""
-        for old, new in zip((*batch.decisions, *batch.outcomes), (*self._decisions, *self._outcomes), strict=True):
-            new[:0] = old
-        excess = self.pending - self.max_rows
+    def _wait(self, table: pa.Table) -> None:
+        """Keep unwritten rows; beyond max_rows waiting (with those still buffered), drop the oldest decisions."""
+        excess = table.num_rows + len(self._rows) - self.max_rows
         if excess > 0:
-            cut = min(excess, len(self._decisions[0]))
-            for column in self._decisions:
-                del column[:cut]
-            for column in self._outcomes:
-                del column[: excess - cut]
-            self.dropped_rows += excess
+            is_bid = (table.column("kind").to_numpy(zero_copy_only=False) == BID)
+            drop = is_bid & (np.cumsum(is_bid) <= excess)
+            table = table.filter(pa.array(~drop))
+            self.dropped_rows += int(drop.sum())
+        self._waiting, self._waiting_rows = [table], table.num_rows
 
     def flush(self) -> bool:
-        """take + write (+ requeue on failure) in the caller's thread: for replay and shutdown."""
-        batch = self.take()
-        ok = self.write(batch)
-        if not ok:
-            self.requeue(batch)
-        return ok
+        """take + write in the caller's thread: for replay and shutdown."""
+        return self.write(self.take())
 
     def _write_partitions(self, table: pa.Table) -> int:
         hours = table.column("ts").cast(pa.int64()).to_numpy() // 3_600_000
@@ -243,23 +279,3 @@ class AuctionLogWriter:
         return {"url": self.url, "ok": self.ok, "sample": self.sample, "written_rows": self.written_rows,
                 "pending_rows": self.pending, "dropped_rows": self.dropped_rows, "write_failures": self.failures,
                 "last_error": self.last_error}
-
-
-def _table(batch: Batch, sample: float) -> pa.Table:
-    d, o = batch.decisions, batch.outcomes
-    nd, no = len(d[0]), len(o[0])
-
-    def column(name: str, kind: pa.DataType) -> pa.Array:
-        parts = [pa.array(cols[fields.index(name)], kind) if name in fields else pa.nulls(n, kind)
-                 for cols, fields, n in ((d, DECISION_FIELDS, nd), (o, OUTCOME_FIELDS, no))]
-        return pa.concat_arrays(parts)
-
-    ts = pc.round(pc.multiply(column("ts", pa.float64()), 1000.0)).cast(pa.int64())
-    kinds = pa.concat_arrays([pa.array([BID] * nd, pa.string()), pa.array(o[1], pa.string())])
-    return pa.table({
-        "ts": ts.cast(pa.timestamp("ms", tz="UTC")), "kind": kinds,
-        "bidder_id": column("bidder_id", pa.string()), "auction_id": column("auction_id", pa.string()),
-        "bid_micros": column("bid_micros", pa.int64()), "granted_micros": column("granted_micros", pa.int64()),
-        "reason": column("reason", pa.string()), "price_micros": column("price_micros", pa.int64()),
-        "sample": pa.array(np.concatenate([np.full(nd, sample), np.ones(no)]), pa.float64()),
-    }, schema=SCHEMA)

@@ -26,8 +26,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
-import pyarrow as pa
-
 from pacer.auctionlog import AuctionLogWriter
 from pacer.engine import BidderConfig, Engine
 from pacer.metrics import HttpMetrics
@@ -44,17 +42,17 @@ log = logging.getLogger("pacer")
 
 PRUNE_EVERY_S = 3600.0
 LOG_CHECK_S = 0.5  # how often the log writer looks at its buffer (it writes by size or age)
-LOG_SLICE_ROWS = 2000  # rows converted to Arrow per turn of the event loop (~0.5 ms)
 REFIT_LOCK = "refit"
 REFIT_CHECK_S = 60.0  # how often an instance looks whether a refit is due
 REJECTIONS_LOGGED = 20  # per refit, the first rejected bidders and why (all are in status)
-BACKGROUND_NICE = 19
+BACKGROUND_NICE = 10
 
 
 def background_priority(pid: int | None = None) -> None:
-    """Lower this thread (or process `pid`) to nice 19: log writes and refits then take only the CPU that bids
-    leave. On one core a normal-priority writer thread got ~4 ms time slices, each a stall of the event loop.
-    (Not SCHED_IDLE: a thread that holds the GIL must still get the CPU to hand it back.)"""
+    """Lower this thread (or process `pid`) to nice 10: log writes and refits then take mostly the CPU that bids
+    leave. At normal priority, on one core, the writer thread got ~4 ms time slices, each a stall of the event
+    loop; at nice 19 it fell behind a saturated server (rows piled up); nice 10 leaves it ~10%. (Not SCHED_IDLE: a
+    thread that holds the GIL must still get the CPU to hand it back.)"""
     with contextlib.suppress(OSError, AttributeError):  # not Linux, or not permitted: stay as is
         os.setpriority(os.PRIO_PROCESS, pid or threading.get_native_id(), BACKGROUND_NICE)
 
@@ -229,15 +227,7 @@ class Service:
             if self.log.pending < self.log_flush_rows and time.monotonic() - last < self.log_flush_s:
                 continue
             last = time.monotonic()
-            batch = self.log.take()
-            parts = []
-            for part in batch.slices(LOG_SLICE_ROWS):  # converting rows holds the GIL: a slice, then bids
-                parts.append(part.table(self.log.sample))
-                await asyncio.sleep(0)
-            if parts and not await self._in_background(self.log.write_table, pa.concat_tables(parts)):
-                self.log.requeue(batch)
-                continue
-
+            await self._in_background(self.log.write, self.log.take())  # rows that fail wait in the writer
 
     def last_refit_at(self) -> float:
         """When the fleet last published a refit (epoch s; 0: never), from the fit statuses it published."""
