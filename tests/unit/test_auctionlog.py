@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import random
 from pathlib import Path
 
@@ -70,3 +71,19 @@ def test_a_failing_sink_keeps_rows_counts_the_failure_and_recovers(tmp_path: Pat
     assert sorted(r["auction_id"] for r in rows if r["kind"] == "bid") == ["a1", "a2", "a3"]
     assert [r["price_micros"] for r in rows if r["kind"] == "win"] == [700, 800]
     assert log.status()["written_rows"] == 5
+
+
+def test_buffered_rows_hold_no_python_objects_per_row(tmp_path: Path) -> None:
+    """The buffer is flat arrays: nothing the garbage collector traverses or frees one by one, however many rows."""
+    log = AuctionLogWriter(str(tmp_path), "w1")
+    for i in range(10_000):
+        log.decision(T0 + i, f"b{i % 7}", f"a{i}", 1000, 1000 if i % 2 else 0, None if i % 2 else "paced")
+        log.outcome(T0 + i, "win" if i % 2 else "loss", f"b{i % 7}", f"a{i}", 900 if i % 2 else None)
+    rows = log.take()
+    buffers = [getattr(rows, name) for name in rows.__slots__]
+    assert len(rows) == 20_000 and all(len(gc.get_referents(b)) <= 1 for b in buffers)  # at most its type
+    assert log.write(rows)
+    got = read(tmp_path)
+    assert len(got) == 20_000 and sum(r["kind"] == "win" for r in got) == 5_000
+    assert {r["reason"] for r in got if r["kind"] == "bid"} == {None, "paced"}
+    assert {r["granted_micros"] for r in got if r["kind"] == "bid" and r["reason"] == "paced"} == {0}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
@@ -44,6 +46,29 @@ def test_expiry_frees_old_holds_and_a_late_win_is_still_charged_with_its_delay()
     cap = led.capture("old", 1_500, now=7.0)
     assert not cap.matched and cap.delay == 7.0
     assert led.spent == 1_500 and led.uncovered == 1_500
+
+
+def test_open_grants_are_invisible_to_the_garbage_collector() -> None:
+    """Millions of open grants must not be traversed by every full collection (that was 300-500 ms pauses)."""
+    led = Ledger(budget=10**12)
+    for i in range(1000):
+        led.reserve(f"a{i}", 1_000, now=float(i))
+    led.expire(now=900.0, ttl=100.0, forget_after=1e9)
+    led.capture("a950", 900, now=950.0)
+    assert led.open_count == 198  # granted at 801..999, one of them won
+    assert gc.get_referents(led) and not any(gc.is_tracked(x) for x in gc.get_referents(led) if isinstance(x, dict))
+
+
+def test_expiry_frees_in_grant_order_whatever_was_settled_in_between() -> None:
+    led = Ledger(budget=10**9)
+    for i in range(100):
+        led.reserve(f"a{i}", 10, now=float(i))
+    for i in range(0, 100, 3):
+        led.release(f"a{i}")
+    assert led.expire(now=150.0, ttl=100.0, forget_after=1e9) == 10 * sum(1 for i in range(51) if i % 3)
+    assert led.open_count == sum(1 for i in range(51, 100) if i % 3)
+    cap = led.capture("a10", 10, now=151.0)  # expired, still remembered: its true delay
+    assert not cap.matched and cap.delay == 141.0
 
 
 def test_win_on_unknown_auction_is_charged_and_uses_up_the_holdback_first() -> None:
