@@ -7,6 +7,7 @@ the store and starts the tick and snapshot loops.
 
 from __future__ import annotations
 
+import functools
 import hmac
 import logging
 import os
@@ -47,7 +48,7 @@ Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 MAX_BODY = 2 * 1024 * 1024  # 1000 requests of ~200 bytes fit ten times over
-_JSON = [(b"content-type", b"application/json")]
+_JSON = (b"content-type", b"application/json")
 _encode = msgspec.json.Encoder().encode
 
 
@@ -227,21 +228,19 @@ class PacerApp:
         async def events(body: bytes) -> bytes:
             return await bidder.events(engine, store, body, auction_log)
 
-        async def bid(body: bytes) -> bytes:
-            return bidder.bid(engine, body, auction_log)
-
-        async def bids(body: bytes) -> bytes:
-            return bidder.bids(engine, body, auction_log)
-
-        self._routes: dict[str, Callable[[bytes], Awaitable[bytes]]] = {
-            "/v1/bid": bid, "/v1/bids": bids, "/v1/events": events,
+        # Decisions are synchronous (no I/O): called directly, without a coroutine per request.
+        self._decide: dict[str, Callable[[bytes], bytes]] = {
+            "/v1/bid": functools.partial(bidder.bid, engine, log=auction_log),
+            "/v1/bids": functools.partial(bidder.bids, engine, log=auction_log),
         }
+        self._record: dict[str, Callable[[bytes], Awaitable[bytes]]] = {"/v1/events": events}
+        self._http = service.http
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        handler = self._routes.get(scope["path"]) if scope["type"] == "http" else None
-        if handler is None:
+        path = scope.get("path", "")  # lifespan scopes have none
+        if scope["type"] != "http" or (path not in self._decide and path not in self._record):
             # Operator auth before FastAPI parses the body: no token, no error about the body.
-            operator = scope["type"] == "http" and scope["path"].startswith("/v1/bidders")
+            operator = scope["type"] == "http" and path.startswith("/v1/bidders")
             if operator and not _bearer_matches(scope, self._operator_token):
                 error = ApiError(401, "unauthorized", "missing or wrong operator bearer token")
                 await _send_json(send, error.status, _encode(error.body()))
@@ -254,11 +253,13 @@ class PacerApp:
                 raise ApiError(405, "method_not_allowed", f"{scope['method']} not allowed; use POST")
             if self._bidder_token is not None and not _bearer_matches(scope, self._bidder_token):
                 raise ApiError(401, "unauthorized", "missing or wrong bidder bearer token")
-            status, out = 200, await handler(await _read_body(receive))
+            body = await _read_body(receive)
+            decide = self._decide.get(path)
+            status, out = 200, decide(body) if decide is not None else await self._record[path](body)
         except ApiError as exc:
             status, out = exc.status, _encode(exc.body())
-        await _send_json(send, status, out, [(b"allow", b"POST")] if status == 405 else [])
-        self.service.http.observe(scope["path"], status, time.perf_counter() - started)
+        await _send_json(send, status, out, [(b"allow", b"POST")] if status == 405 else None)
+        self._http.observe(path, status, time.perf_counter() - started)
 
 
 def _bearer_matches(scope: Scope, token: bytes) -> bool:
@@ -269,7 +270,9 @@ def _bearer_matches(scope: Scope, token: bytes) -> bool:
 
 
 async def _send_json(send: Send, status: int, body: bytes, extra: list[tuple[bytes, bytes]] | None = None) -> None:
-    headers = [*_JSON, (b"content-length", str(len(body)).encode()), *(extra or [])]
+    headers = [_JSON, (b"content-length", b"%d" % len(body))]
+    if extra:
+        headers += extra
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 

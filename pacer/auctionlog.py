@@ -171,26 +171,32 @@ class AuctionLogWriter:
                  ) -> None:
         if self.sample < 1.0 and self._random() >= self.sample:
             return
-        code = 0 if reason is None else 1 + self._reasons.code(reason)
-        self._append(ts, 0, bidder_id, auction_id, bid, granted, code, 0)
-
-    def outcome(self, ts: float, kind: str, bidder_id: str, auction_id: str, price: int | None = None) -> None:
-        """A win (with its price) or a loss: never sampled (spend must add up)."""
-        self._append(ts, 1 if kind == WIN else 2, bidder_id, auction_id, 0, 0, 0, price or 0)
-
-    def _append(self, ts: float, kind: int, bidder_id: str, auction_id: str, bid: int, granted: int, reason: int,
-                price: int) -> None:
         rows = self._rows
         bidder = self._bidders.codes.get(bidder_id)
         rows.ts.append(ts)
-        rows.kind.append(kind)
+        rows.kind.append(0)
         rows.bidder.append(self._bidders.code(bidder_id) if bidder is None else bidder)
-        rows.auction_data += auction_id.encode()
-        rows.auction_ends.append(len(rows.auction_data))
+        data = rows.auction_data
+        data += auction_id.encode()
+        rows.auction_ends.append(len(data))
         rows.bid.append(bid)
         rows.granted.append(granted)
-        rows.reason.append(reason)
-        rows.price.append(price)
+        rows.reason.append(0 if reason is None else 1 + self._reasons.code(reason))
+        rows.price.append(0)
+
+    def outcome(self, ts: float, kind: str, bidder_id: str, auction_id: str, price: int | None = None) -> None:
+        """A win (with its price) or a loss: never sampled (spend must add up)."""
+        rows = self._rows
+        rows.ts.append(ts)
+        rows.kind.append(1 if kind == WIN else 2)
+        rows.bidder.append(self._bidders.code(bidder_id))
+        data = rows.auction_data
+        data += auction_id.encode()
+        rows.auction_ends.append(len(data))
+        rows.bid.append(0)
+        rows.granted.append(0)
+        rows.reason.append(0)
+        rows.price.append(price or 0)
 
     # --- writing (off the event loop) ---------------------------------------------------------------------------
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
@@ -84,13 +85,35 @@ async def send_events(client: httpx.AsyncClient, *events: dict[str, Any]) -> dic
 
 
 @contextlib.asynccontextmanager
+async def lifespan(app: PacerApp) -> AsyncIterator[None]:
+    """The ASGI lifespan protocol, driven as uvicorn drives it, through the dispatcher."""
+    inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    outbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    task = asyncio.create_task(app({"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}},
+                                   inbox.get, outbox.put))
+    await inbox.put({"type": "lifespan.startup"})
+    reply = asyncio.ensure_future(outbox.get())
+    await asyncio.wait([reply, task], return_when=asyncio.FIRST_COMPLETED)
+    if not reply.done():  # the app ended (crashed) without answering: say why
+        reply.cancel()
+        task.result()
+        raise AssertionError("the app ended its lifespan without completing startup")
+    started = reply.result()
+    assert started["type"] == "lifespan.startup.complete", started
+    try:
+        yield
+    finally:
+        await inbox.put({"type": "lifespan.shutdown"})
+        stopped = await outbox.get()
+        await task
+        assert stopped["type"] == "lifespan.shutdown.complete", stopped
+
+
+@contextlib.asynccontextmanager
 async def serve(app: PacerApp, raise_app_exceptions: bool = True) -> AsyncIterator[httpx.AsyncClient]:
     """Run the app's lifespan (httpx's ASGITransport does not) around a client talking to it in-process."""
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=raise_app_exceptions)
-    async with (
-        app.fastapi.router.lifespan_context(app.fastapi),
-        httpx.AsyncClient(transport=transport, base_url="http://test") as client,
-    ):
+    async with lifespan(app), httpx.AsyncClient(transport=transport, base_url="http://test") as client:
         yield client
 
 
