@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+import msgspec
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
@@ -274,20 +275,16 @@ class RedisStore:
         for i, r in enumerate(requests):
             slot = key_slot(self._state(r.bidder_id).encode()) if self.cluster else i // GROUP
             groups.setdefault(slot, []).append(i)
-        head = [self.instance, lease_ttl_ms, dedupe_ms]
         calls = []
         for members in groups.values():
             keys: list[str] = []
-            args: list[object] = list(head)
+            packed = []
             for i in members:
                 r = requests[i]
                 keys += [self._state(r.bidder_id), self._wins(r.bidder_id)]
-                args += [r.known_version, r.period_key, r.want_micros, r.floor_micros, r.hold_ms, len(r.wins),
-                         len(r.check)]
-                for w in r.wins:
-                    args += [w.auction_id, w.price_micros, w.period_key]
-                args += r.check
-            calls.append((members, keys, args))
+                packed.append((r.known_version, r.period_key, r.want_micros, r.floor_micros, r.hold_ms,
+                               [(w.auction_id, w.price_micros, w.period_key) for w in r.wins], r.check))
+            calls.append((members, keys, [self.instance, lease_ttl_ms, dedupe_ms, _pack(packed)]))
 
         def fill(pipe: Any) -> None:
             for _, keys, args in calls:
@@ -304,7 +301,7 @@ class RedisStore:
                 raise StoreError(f"redis sync: {r}")
         replies: dict[int, LeaseReply] = {}
         for (members, _, _), group in zip(calls, results[:-1], strict=True):
-            for i, raw in zip(members, group, strict=True):
+            for i, raw in zip(members, _unpack(group), strict=True):
                 replies[i] = _reply(raw)
         return [replies[i] for i in range(len(requests))], int(results[-1] or 0)
 
@@ -418,10 +415,14 @@ class RedisStore:
             raise StoreError(f"redis: {exc or type(exc).__name__}") from exc
 
 
+_pack = msgspec.msgpack.Encoder().encode
+_unpack = msgspec.msgpack.Decoder(list[list[Any]]).decode
+
+
 def _reply(raw: list[Any]) -> LeaseReply:
     status, version, incarnation, spent, lease, fleet, cfg, dups, counted = raw
     return LeaseReply(
-        status=status.decode(), version=int(version), incarnation=int(incarnation), spent_micros=int(spent),
+        status=status, version=int(version), incarnation=int(incarnation), spent_micros=int(spent),
         lease_micros=int(lease), fleet_leased_micros=int(fleet), config=json.loads(cfg) if cfg else None,
         duplicates=[int(d) - 1 for d in dups], counted=[int(c) - 1 for c in counted],
     )
