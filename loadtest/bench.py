@@ -681,7 +681,7 @@ def profile(target: Target, path: Path, seconds: float) -> None:
 
 
 AREAS = [  # (area, pattern): a sample counts for the first area matching its innermost frames
-    ("auction log writer (thread)", r"auctionlog\.py.*(write|_table)|parquet|pyarrow"),
+    ("auction log writer (thread)", r"auctionlog\.py.*(write|table)|parquet|pyarrow"),
     ("auction log append", r"AuctionLogWriter\.decision"),
     ("tick", r"tick_steps|controller\.py|_tick_loop"),
     ("store sync / snapshot", r"sqlite\.py|redis\.py|fleet\.py|_snapshot|_sync_loop"),
