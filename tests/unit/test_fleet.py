@@ -1,0 +1,73 @@
+"""Fleet against a real redis-server: what an instance may grant while its sync is in flight.
+
+During a sync the instance has asked Redis for a lease of at least `floor` (its open reservations plus a small
+in-flight allowance), so until the reply it must grant no more than that floor: whatever Redis answers then
+covers every reservation it made meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+from pacer.clock import ManualClock
+from pacer.curves import TrafficCurve
+from pacer.engine import BidderConfig, Engine, EngineParams
+from pacer.fleet import INFLIGHT_SHARE, Fleet
+from pacer.periods import Flight
+from pacer.service import config_to_json, load_bidders
+from pacer.store.base import BidderRecord
+from pacer.store.redis import RedisStore
+from tests.redis_server import RedisServer
+
+BUDGET = 10_000_000
+BID = 1_000
+
+
+async def test_grants_while_a_sync_is_in_flight_stay_within_the_floor_asked_for(
+        redis_server: RedisServer, tmp_path: Path) -> None:
+    clock = ManualClock(time.time())
+    store = RedisStore.from_url(redis_server.url, tmp_path / "journal")
+    await store.open()
+    try:
+        config = BidderConfig(budget_micros=BUDGET, period=Flight(clock.now - 60, clock.now + 3600), pacing="asap")
+        await store.put_bidder(BidderRecord("b1", config_to_json(config), 1, clock.now))
+        engine = Engine(clock, EngineParams(tick_s=0.1), TrafficCurve.flat(), leased=True)
+        versions: dict[str, int] = {}
+        await load_bidders(engine, store, await store.load_bidders(), versions)
+        fleet = Fleet(engine, store, versions, sync_s=0.25, lease_ttl_s=5.0, dedupe_s=86400.0)
+        engine.tick()
+        await fleet.sync()
+        ledger = engine.bidders["b1"].ledger
+        n = 0
+        while engine.decide("b1", f"a{n}", BID)[0]:  # spend the first lease
+            n += 1
+        assert n > 0 and ledger.reserved > 0
+        clock.advance(0.25)
+        await fleet.sync()  # the demand seen: a bigger lease
+        lease = ledger.limit - ledger.spent - ledger.reserved
+        assert lease > BID
+
+        task = asyncio.create_task(fleet.sync())
+        # One turn of the loop: the task builds its requests (lowering the limit) and then waits on the socket,
+        # whose reply can only be read in a later turn.
+        await asyncio.sleep(0)
+        assert not task.done()
+        allowance = ledger.limit - ledger.spent - ledger.reserved
+        assert 0 <= allowance < lease, "in flight, only the allowance may be granted"
+        assert allowance <= INFLIGHT_SHARE * (lease + ledger.reserved) + BID
+        granted = 0
+        while True:
+            micros, _ = engine.decide("b1", f"flight-{granted}", BID)
+            if not micros:
+                break
+            granted += micros
+        assert granted <= allowance
+        floor = ledger.reserved
+        await task
+        # Redis's new lease covers every open reservation, those granted in flight included.
+        assert ledger.limit - ledger.spent >= floor
+        assert ledger.spent + ledger.reserved <= ledger.limit <= BUDGET
+    finally:
+        await store.close()
