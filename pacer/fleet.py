@@ -28,6 +28,7 @@ RELAY_S = 0.02  # how often notices for other instances' reservations are relaye
 RESUBSCRIBE_S = 1.0  # wait before listening again after the connection dropped
 GROWTH = 2.0  # a lease is twice the recent spend over the horizon: room to double each sync when demand grows
 RATE_SMOOTHING = 0.5  # weight of the newest sync interval in the spend-rate average
+SYNC_CHUNK = 1000  # bidders built or applied between yields to bids (10,000 in one go held the loop 30-70 ms)
 INFLIGHT_SHARE = 0.05  # grants allowed while a sync is in flight: 5% of the horizon's demand (~50 ms of it)
 
 
@@ -110,10 +111,15 @@ class Fleet:
         dt = max(started - self._last, 1e-3)
         self._last = started
         bidders = list(self.engine.bidders.values())
-        requests = [self._request(b, by_bidder.pop(b.bidder_id, []), dt, final) for b in bidders]
-        # Wins for bidders this instance does not run (deleted, or not discovered yet) still count in Redis.
-        requests += [LeaseRequest(bidder_id, -1, ws[0].period_key, 0, 0, ws) for bidder_id, ws in by_bidder.items()]
+        requests: list[LeaseRequest] = []
         try:
+            for lo in range(0, len(bidders), SYNC_CHUNK):
+                if lo:
+                    await asyncio.sleep(0)  # bids go on between chunks (a chunk's limits are already lowered)
+                requests += [self._request(b, by_bidder.pop(b.bidder_id, []), dt, final)
+                             for b in bidders[lo: lo + SYNC_CHUNK]]
+            # Wins for bidders this instance does not run (deleted, or not discovered yet) still count in Redis.
+            requests += [LeaseRequest(bidder_id, -1, ws[0].period_key, 0, 0, ws) for bidder_id, ws in by_bidder.items()]
             replies, seq = await self.store.sync(requests, int(self.lease_ttl_s * 1000), int(self.dedupe_s * 1000))
         except BaseException:
             self.store.untake(wins)
@@ -125,20 +131,23 @@ class Fleet:
         finally:
             self._limits = {}
         unshipped: list[WinRecord] = []
-        since = self._unsynced_spend()
         fleet = 0
-        for request, reply in zip(requests, replies, strict=True):
-            if reply.status == "lost" and request.known_version >= 0:
-                unshipped += request.wins  # kept until an operator restores the bidder
-            elif reply.status == "lost" and request.wins:
-                log.warning("dropped %d wins for bidder %r: no such bidder in the fleet store (they stay in the "
-                            "journal's wins table)", len(request.wins), request.bidder_id)
-            else:
-                self.duplicates += len(reply.duplicates)
-            bidder = self.engine.bidders.get(request.bidder_id)
-            if bidder is not None and request.known_version >= 0:
-                self._apply(bidder, request, reply, since.get(request.bidder_id, 0))
-                fleet += reply.fleet_leased_micros
+        for lo in range(0, len(requests), SYNC_CHUNK):
+            if lo:
+                await asyncio.sleep(0)  # bids go on between chunks; wins journaled meanwhile are in `since`
+            since = self._unsynced_spend()
+            for request, reply in zip(requests[lo: lo + SYNC_CHUNK], replies[lo: lo + SYNC_CHUNK], strict=True):
+                if reply.status == "lost" and request.known_version >= 0:
+                    unshipped += request.wins  # kept until an operator restores the bidder
+                elif reply.status == "lost" and request.wins:
+                    log.warning("dropped %d wins for bidder %r: no such bidder in the fleet store (they stay in "
+                                "the journal's wins table)", len(request.wins), request.bidder_id)
+                else:
+                    self.duplicates += len(reply.duplicates)
+                bidder = self.engine.bidders.get(request.bidder_id)
+                if bidder is not None and request.known_version >= 0:
+                    self._apply(bidder, request, reply, since.get(request.bidder_id, 0))
+                    fleet += reply.fleet_leased_micros
         self.store.untake(unshipped)
         kept = set(unshipped)
         await self.store.shipped([w for w in wins if w not in kept])
