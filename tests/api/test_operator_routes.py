@@ -77,10 +77,12 @@ async def test_token_is_checked_before_the_body_is_parsed(client: httpx.AsyncCli
 
 
 async def test_put_creates_then_replaces_keeping_spend(client: httpx.AsyncClient) -> None:
-    resp = await client.put("/v1/bidders/b1", json=bidder_body(budget_micros=1_000_000), headers=OPERATOR)
+    period = flight()  # the same flight both times (built twice, a second boundary between would make another)
+    resp = await client.put("/v1/bidders/b1", json=bidder_body(budget_micros=1_000_000, period=period),
+                            headers=OPERATOR)
     assert resp.status_code == 201
     assert (await send_events(client, win("b1", "a1", 300)))["accepted"] == 1
-    resp = await client.put("/v1/bidders/b1", json=bidder_body(budget_micros=2_000_000, pacing="even"),
+    resp = await client.put("/v1/bidders/b1", json=bidder_body(budget_micros=2_000_000, pacing="even", period=period),
                             headers=OPERATOR)
     assert resp.status_code == 200
     status = resp.json()
