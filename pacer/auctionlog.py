@@ -106,24 +106,24 @@ class Rows:
 
     def table(self, bidders: list[str], reasons: list[str], sample: float) -> pa.Table:
         """The rows as an Arrow table of SCHEMA (the buffers are shared, not copied)."""
-        n = len(self)
-        kind = np.frombuffer(self.kind, np.int8) if n else np.zeros(0, np.int8)
+        kind = np.frombuffer(self.kind, np.int8)
         is_bid, is_win = kind == 0, kind == 1
-        reason = np.frombuffer(self.reason, np.int32) if n else np.zeros(0, np.int32)
+        reason = np.frombuffer(self.reason, np.int32)
 
         def ints(values: array[int], valid: np.ndarray) -> pa.Array:
-            return pa.array(np.frombuffer(values, np.int64) if n else np.zeros(0, np.int64), pa.int64(), mask=~valid)
+            return pa.array(np.frombuffer(values, np.int64), pa.int64(), mask=~valid)
 
         def coded(codes: np.ndarray, names: list[str], valid: np.ndarray | None = None) -> pa.Array:
             indices = pa.array(codes, pa.int32(), mask=None if valid is None else ~valid)
             return pa.DictionaryArray.from_arrays(indices, pa.array(names, pa.string())).cast(pa.string())
 
-        ts_ms = np.rint(np.frombuffer(self.ts, np.float64) * 1000.0).astype(np.int64) if n else np.zeros(0, np.int64)
-        auction = pa.StringArray.from_buffers(n, pa.py_buffer(self.auction_ends), pa.py_buffer(self.auction_data))
+        ts_ms = np.rint(np.frombuffer(self.ts, np.float64) * 1000.0).astype(np.int64)
+        auction = pa.StringArray.from_buffers(len(self), pa.py_buffer(self.auction_ends),
+                                              pa.py_buffer(self.auction_data))
         return pa.table({
             "ts": pa.array(ts_ms, pa.timestamp("ms", tz="UTC")),
             "kind": coded(kind.astype(np.int32), list(KINDS)),
-            "bidder_id": coded(np.frombuffer(self.bidder, np.int32) if n else np.zeros(0, np.int32), bidders),
+            "bidder_id": coded(np.frombuffer(self.bidder, np.int32), bidders),
             "auction_id": auction,
             "bid_micros": ints(self.bid, is_bid), "granted_micros": ints(self.granted, is_bid),
             "reason": coded(np.maximum(reason - 1, 0), reasons or [""], reason > 0),
