@@ -8,10 +8,7 @@ the store and starts the tick and snapshot loops.
 from __future__ import annotations
 
 import functools
-import hmac
 import logging
-import os
-import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -28,6 +25,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pacer import __version__
 from pacer.api import bidder
+from pacer.api.auth import TokenError, bearer_matches, bidder_token, operator_token
 from pacer.api.errors import ApiError
 from pacer.api.operator import router as operator_router
 from pacer.auctionlog import AuctionLogWriter
@@ -38,7 +36,7 @@ from pacer.curves import TrafficCurve
 from pacer.engine import Engine, EngineParams
 from pacer.fleet import Fleet
 from pacer.metrics import PacerCollector
-from pacer.service import RefitSettings, Service
+from pacer.service import BidderNotFound, RefitSettings, Service, VersionMismatch
 from pacer.store import StoreError, open_store
 from pacer.store.redis import BidderLost, RedisStore
 
@@ -47,24 +45,8 @@ log = logging.getLogger("pacer")
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
-MAX_BODY = 2 * 1024 * 1024  # 1000 requests of ~200 bytes fit ten times over
 _JSON = (b"content-type", b"application/json")
 _encode = msgspec.json.Encoder().encode
-
-
-def operator_token(settings: Settings) -> str:
-    """PACER_OPERATOR_TOKEN, or one generated once and kept in a 0600 file (reused on restart)."""
-    if settings.operator_token:
-        return settings.operator_token
-    path = settings.operator_token_file
-    if path.exists():
-        return path.read_text().strip()
-    token = secrets.token_urlsafe(32)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(token + "\n")
-    return token
 
 
 def _curve(settings: Settings) -> TrafficCurve:
@@ -98,7 +80,8 @@ def build_fastapi(service: Service, settings: Settings, token: str) -> FastAPI:
         finally:
             await service.stop()
 
-    app = FastAPI(title="pacer", version=__version__, lifespan=lifespan,
+    # redirect_slashes off: a redirect would echo the request's Host header back (open redirect); 404 instead.
+    app = FastAPI(title="pacer", version=__version__, lifespan=lifespan, redirect_slashes=False,
                   description="Real-time budget pacing for ad bidding. Money is integer micros.")
     app.state.service = service
     app.state.operator_token = token
@@ -109,6 +92,19 @@ def build_fastapi(service: Service, settings: Settings, token: str) -> FastAPI:
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError) -> JSONResponse:
         return _error(exc)
+
+    @app.exception_handler(BidderNotFound)
+    async def not_found(request: Request, _: BidderNotFound) -> JSONResponse:
+        bidder_id = request.path_params.get("bidder_id")
+        return _error(ApiError(404, "not_found", f"no bidder {bidder_id!r}", "bidder_id"))
+
+    @app.exception_handler(VersionMismatch)
+    async def version_mismatch(_: Request, exc: VersionMismatch) -> JSONResponse:
+        message = f"If-Match names another version: {exc}; nothing changed (GET it for its ETag)"
+        response = _error(ApiError(412, "precondition_failed", message, "If-Match"))
+        if exc.current is not None:
+            response.headers["ETag"] = f'"{exc.current}"'
+        return response
 
     @app.exception_handler(BidderLost)
     async def bidder_lost(_: Request, exc: BidderLost) -> JSONResponse:
@@ -138,8 +134,11 @@ def build_fastapi(service: Service, settings: Settings, token: str) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        codes = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized", 403: "unauthorized"}
-        response = _error(ApiError(exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail)))
+        # FastAPI's only 400 is a body it could not parse (e.g. not UTF-8): the same error as invalid JSON.
+        codes = {400: "invalid_json", 404: "not_found", 405: "method_not_allowed", 401: "unauthorized",
+                 403: "unauthorized"}
+        message = "body is not valid JSON" if exc.status_code == 400 else str(exc.detail)
+        response = _error(ApiError(exc.status_code, codes.get(exc.status_code, "http_error"), message))
         response.headers.update(exc.headers or {})
         return response
 
@@ -148,17 +147,21 @@ def build_fastapi(service: Service, settings: Settings, token: str) -> FastAPI:
         """The process is alive and serving."""
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["ops"], responses={503: {"description": "store unreachable"}})
+    @app.get("/readyz", tags=["ops"], responses={503: {"description": "not ready: `stale` and `store` say why"}})
     async def readyz() -> JSONResponse:
-        """Ready to take traffic: the store answers (budget truth reachable). `degraded` (still 200: bids are
-        served) when the auction log cannot be written (`auction_log` says why), or in a fleet when the store lost
-        some bidders' spend (named; they are granted nothing)."""
+        """Ready to take traffic: the store answers and accepted its last write (every sync writes, so a disk that
+        filled up shows within one), a sync reached it within max(2 s, 2 sync intervals), and the pacing tick ran
+        within max(2 s, 10 ticks). Otherwise 503, and `stale` names each part that failed and why. `degraded`
+        (still 200: bids are served) when the auction log cannot be written (`auction_log` says why), or in a fleet
+        when the store lost some bidders' spend (named; they are granted nothing)."""
         store_ok = await service.store.ping()
-        body: dict[str, object] = {"status": "ready" if store_ok else "not_ready", "store": store_ok,
+        stale = service.stale()
+        ready = store_ok and not stale
+        body: dict[str, object] = {"status": "ready" if ready else "not_ready", "store": store_ok, "stale": stale,
                                    "bidders": len(service.engine.bidders), "traffic_curve": service.engine.curve.name}
         if service.log is not None:
             body["auction_log"] = service.log.status()
-            if not service.log.ok and store_ok:
+            if not service.log.ok and ready:
                 body["status"] = "degraded"  # bidding goes on; the log is losing rows (see dropped_rows)
         fleet = service.fleet
         if fleet is not None:
@@ -167,9 +170,9 @@ def build_fastapi(service: Service, settings: Settings, token: str) -> FastAPI:
             body["fleet"] = {"instance": fleet.store.instance, "last_sync_age_s": age,
                              "leases_valid": not fleet.revoked, "store_lost_bidders": lost[:100],
                              "store_lost_count": len(lost)}
-            if lost and store_ok:
+            if lost and ready:
                 body["status"] = "degraded"
-        return JSONResponse(body, status_code=200 if store_ok else 503)
+        return JSONResponse(body, status_code=200 if ready else 503)
 
     @app.get("/metrics", tags=["ops"], response_class=PlainTextResponse)
     async def metrics() -> PlainTextResponse:
@@ -214,13 +217,16 @@ def _document_bidder_routes(app: FastAPI) -> None:
 
 
 class PacerApp:
-    """The dispatcher: hot bidder routes to raw handlers, the rest to FastAPI (lifespan included)."""
+    """The dispatcher: hot bidder routes to raw handlers, the rest to FastAPI (lifespan included). Every client
+    limit that needs no parsing is applied here, once: the operator token, the body size, bidder routes' JSON
+    content type, ids in paths."""
 
-    def __init__(self, service: Service, fastapi: FastAPI, bidder_token: str | None) -> None:
+    def __init__(self, service: Service, fastapi: FastAPI, bidder_token: str | None, max_body: int) -> None:
         self.service = service
         self.fastapi = fastapi
         self._bidder_token = bidder_token.encode() if bidder_token else None
         self._operator_token: bytes = fastapi.state.operator_token.encode()
+        self._max_body = max_body
         engine, store = service.engine, service.store
 
         auction_log = service.log
@@ -239,21 +245,27 @@ class PacerApp:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")  # lifespan scopes have none
         if scope["type"] != "http" or (path not in self._decide and path not in self._record):
-            # Operator auth before FastAPI parses the body: no token, no error about the body.
-            operator = scope["type"] == "http" and path.startswith("/v1/bidders")
-            if operator and not _bearer_matches(scope, self._operator_token):
-                error = ApiError(401, "unauthorized", "missing or wrong operator bearer token")
-                await _send_json(send, error.status, _encode(error.body()))
-                return
+            if scope["type"] == "http":
+                try:
+                    receive = await self._guard(scope, receive, path)
+                except ApiError as exc:
+                    await _send_json(send, exc.status, _encode(exc.body()))
+                    return
             await self.fastapi(scope, receive, send)
             return
         started = time.perf_counter()
         try:
             if scope["method"] != "POST":
                 raise ApiError(405, "method_not_allowed", f"{scope['method']} not allowed; use POST")
-            if self._bidder_token is not None and not _bearer_matches(scope, self._bidder_token):
+            if self._bidder_token is not None and not bearer_matches(_header(scope, b"authorization"),
+                                                                     self._bidder_token):
                 raise ApiError(401, "unauthorized", "missing or wrong bidder bearer token")
-            body = await _read_body(receive)
+            if not _is_json(_header(scope, b"content-type")):
+                # A browser may post text/plain anywhere without asking (no CORS preflight): a web page would
+                # otherwise reserve budgets or report fake wins through any bidder's browser.
+                raise ApiError(415, "unsupported_media_type", "send the body with Content-Type: application/json",
+                               "Content-Type")
+            body = await _read_body(scope, receive, self._max_body)
             decide = self._decide.get(path)
             status, out = 200, decide(body) if decide is not None else await self._record[path](body)
         except ApiError as exc:
@@ -261,12 +273,38 @@ class PacerApp:
         await _send_json(send, status, out, [(b"allow", b"POST")] if status == 405 else None)
         self._http.observe(path, status, time.perf_counter() - started)
 
+    async def _guard(self, scope: Scope, receive: Receive, path: str) -> Receive:
+        """Before FastAPI sees a request: the operator token (no token, no word about the body), ids matched on
+        the raw path, and the body read within the limit (FastAPI would read any size whole)."""
+        if path.startswith("/v1/bidders"):
+            if not bearer_matches(_header(scope, b"authorization"), self._operator_token):
+                raise ApiError(401, "unauthorized", "missing or wrong operator bearer token")
+            if b"%2f" in scope.get("raw_path", b"").lower():
+                # Routing sees the decoded path, where acme%2Fpause would be the pause route of bidder acme.
+                raise ApiError(404, "not_found", "a bidder id cannot contain '/' (%2F)", "bidder_id")
+        body = await _read_body(scope, receive, self._max_body)
+        replayed = False
 
-def _bearer_matches(scope: Scope, token: bytes) -> bool:
-    """`Authorization: Bearer <token>` (scheme case-insensitive, RFC 9110), compared in constant time."""
-    auth: bytes = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
-    scheme, _, given = auth.partition(b" ")
-    return scheme.lower() == b"bearer" and hmac.compare_digest(given.strip(), token)
+        async def replay() -> dict[str, Any]:
+            nonlocal replayed
+            if replayed:
+                return await receive()  # after the body: disconnect notices
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        return replay
+
+
+def _header(scope: Scope, name: bytes) -> bytes:
+    for key, value in scope["headers"]:
+        if key == name:
+            return bytes(value)
+    return b""
+
+
+def _is_json(content_type: bytes) -> bool:
+    """application/json, parameters (charset) allowed, case-insensitive (RFC 9110 media types)."""
+    return content_type.partition(b";")[0].strip().lower() == b"application/json"
 
 
 async def _send_json(send: Send, status: int, body: bytes, extra: list[tuple[bytes, bytes]] | None = None) -> None:
@@ -277,11 +315,20 @@ async def _send_json(send: Send, status: int, body: bytes, extra: list[tuple[byt
     await send({"type": "http.response.body", "body": body})
 
 
-async def _read_body(receive: Receive) -> bytes:
+def _too_large(limit: int) -> ApiError:
+    return ApiError(413, "payload_too_large", f"body above {limit} bytes (PACER_MAX_BODY_BYTES)")
+
+
+async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+    """The whole body, refused (413) as soon as it is known to exceed `limit`: by its Content-Length before reading
+    anything, else while reading (chunked)."""
+    length = _header(scope, b"content-length")
+    if length.isdigit() and int(length) > limit:
+        raise _too_large(limit)
     message = await receive()
     body: bytes = message.get("body", b"")
-    if len(body) > MAX_BODY:
-        raise ApiError(413, "payload_too_large", f"body above {MAX_BODY} bytes")
+    if len(body) > limit:
+        raise _too_large(limit)
     if not message.get("more_body"):
         return body
     chunks = [body]
@@ -290,8 +337,8 @@ async def _read_body(receive: Receive) -> bytes:
         message = await receive()
         chunk = message.get("body", b"")
         size += len(chunk)
-        if size > MAX_BODY:
-            raise ApiError(413, "payload_too_large", f"body above {MAX_BODY} bytes")
+        if size > limit:
+            raise _too_large(limit)
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -319,5 +366,8 @@ def create_app(settings: Settings | None = None) -> PacerApp:
     if isinstance(store, RedisStore):
         service.fleet = Fleet(engine, store, service.versions, settings.sync_ms / 1000,
                               settings.lease_ttl_ms / 1000, dedupe_s)
-    token = operator_token(settings)
-    return PacerApp(service, build_fastapi(service, settings, token), settings.bidder_token)
+    try:
+        token, bidders = operator_token(settings), bidder_token(settings)
+    except TokenError as exc:
+        raise SystemExit(f"pacer: {exc}") from None
+    return PacerApp(service, build_fastapi(service, settings, token), bidders, settings.max_body_bytes)

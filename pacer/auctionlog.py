@@ -88,9 +88,13 @@ class Rows:
     to traverse (10^6 buffered rows held as Python objects cost 300-500 ms per full collection, and as much again
     to free), and Arrow takes the buffers without copying."""
 
-    __slots__ = ("auction_data", "auction_ends", "bid", "bidder", "granted", "kind", "price", "reason", "ts")
+    __slots__ = ("auction_data", "auction_ends", "bid", "bidder", "bidders", "granted", "kind", "price", "reason",
+                 "ts")
 
     def __init__(self) -> None:
+        # The batch's own dictionary of bidder ids: it goes with the batch, so ids seen once (a client sending
+        # random ones) are not kept for the life of the process.
+        self.bidders = _Names()
         self.ts = array("d")
         self.kind = array("b")
         self.bidder = array("i")
@@ -104,7 +108,7 @@ class Rows:
     def __len__(self) -> int:
         return len(self.ts)
 
-    def table(self, bidders: list[str], reasons: list[str], sample: float) -> pa.Table:
+    def table(self, reasons: list[str], sample: float) -> pa.Table:
         """The rows as an Arrow table of SCHEMA (the buffers are shared, not copied)."""
         kind = np.frombuffer(self.kind, np.int8)
         is_bid, is_win = kind == 0, kind == 1
@@ -123,7 +127,7 @@ class Rows:
         return pa.table({
             "ts": pa.array(ts_ms, pa.timestamp("ms", tz="UTC")),
             "kind": coded(kind.astype(np.int32), list(KINDS)),
-            "bidder_id": coded(np.frombuffer(self.bidder, np.int32), bidders),
+            "bidder_id": coded(np.frombuffer(self.bidder, np.int32), self.bidders.names),
             "auction_id": auction,
             "bid_micros": ints(self.bid, is_bid), "granted_micros": ints(self.granted, is_bid),
             "reason": coded(np.maximum(reason - 1, 0), reasons or [""], reason > 0),
@@ -152,8 +156,7 @@ class AuctionLogWriter:
         self.sample = sample
         self.max_rows = max_rows
         self._random = (rng or random.Random()).random
-        self._bidders = _Names()
-        self._reasons = _Names()
+        self._reasons = _Names()  # few: the decision reasons
         self._rows = Rows()
         self._seq = 0
         self._lock = threading.Lock()  # one write at a time (a write at stop may meet a periodic one)
@@ -169,13 +172,15 @@ class AuctionLogWriter:
 
     def decision(self, ts: float, bidder_id: str, auction_id: str, bid: int, granted: int, reason: str | None
                  ) -> None:
+        """A decision for a configured bidder (the caller counts, and does not log, those for unknown ones)."""
         if self.sample < 1.0 and self._random() >= self.sample:
             return
         rows = self._rows
-        bidder = self._bidders.codes.get(bidder_id)
+        names = rows.bidders
+        bidder = names.codes.get(bidder_id)
         rows.ts.append(ts)
         rows.kind.append(0)
-        rows.bidder.append(self._bidders.code(bidder_id) if bidder is None else bidder)
+        rows.bidder.append(names.code(bidder_id) if bidder is None else bidder)
         data = rows.auction_data
         data += auction_id.encode()
         rows.auction_ends.append(len(data))
@@ -189,7 +194,7 @@ class AuctionLogWriter:
         rows = self._rows
         rows.ts.append(ts)
         rows.kind.append(1 if kind == WIN else 2)
-        rows.bidder.append(self._bidders.code(bidder_id))
+        rows.bidder.append(rows.bidders.code(bidder_id))
         data = rows.auction_data
         data += auction_id.encode()
         rows.auction_ends.append(len(data))
@@ -217,7 +222,7 @@ class AuctionLogWriter:
 
     def table(self, rows: Rows) -> pa.Table:
         """Taken rows as an Arrow table of SCHEMA."""
-        return rows.table(list(self._bidders.names), list(self._reasons.names), self.sample)
+        return rows.table(list(self._reasons.names), self.sample)
 
     def write(self, rows: Rows) -> bool:
         """Write these rows after any that wait from failed writes, one file per (date, hour). False if the sink
@@ -260,6 +265,14 @@ class AuctionLogWriter:
     def flush(self) -> bool:
         """take + write in the caller's thread: for replay and shutdown."""
         return self.write(self.take())
+
+    def abandon(self) -> int:
+        """At shutdown, after the last write failed or hung: count every row still unwritten as dropped, let them
+        go, and return how many."""
+        lost = self.pending
+        self.dropped_rows += lost
+        self._rows, self._waiting, self._waiting_rows = Rows(), [], 0
+        return lost
 
     def _write_partitions(self, table: pa.Table) -> int:
         hours = table.column("ts").cast(pa.int64()).to_numpy() // 3_600_000

@@ -13,7 +13,8 @@ from pacer.config import Settings
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from pacer.app import operator_token
+    from pacer.api.auth import TokenError, bidder_token, operator_token
+    from pacer.connections import GuardedHttpToolsProtocol, raise_fd_limit
 
     # Flags override PACER_* variables; the app (possibly in worker processes) reads the same variables.
     for flag, env in (("host", "PACER_HOST"), ("port", "PACER_PORT"), ("store", "PACER_STORE")):
@@ -25,13 +26,21 @@ def _serve(args: argparse.Namespace) -> int:
         print("pacer: --workers > 1 needs a shared store (redis://...): with one SQLite file per process "
               "every worker would spend the whole budget.", file=sys.stderr)
         return 2
-    if not settings.operator_token:
+    try:  # before any worker starts: an empty token must stop the service, not open it
         operator_token(settings)
+        bidder_token(settings)
+    except TokenError as exc:
+        print(f"pacer: {exc}", file=sys.stderr)
+        return 2
+    if settings.operator_token is None:
         print(f"pacer: operator token (PACER_OPERATOR_TOKEN unset) is in {settings.operator_token_file.resolve()}",
               file=sys.stderr, flush=True)
+    # The guarded protocol bounds request heads and idle connections and caps connections (pacer/connections.py).
+    raise_fd_limit(settings.max_connections)
     uvicorn.run(
         "pacer.app:create_app", factory=True, host=settings.host, port=settings.port, workers=args.workers,
-        loop="uvloop", http="httptools", access_log=False, log_level=settings.log_level,
+        loop="uvloop", http=GuardedHttpToolsProtocol, timeout_keep_alive=settings.keep_alive_s, access_log=False,
+        log_level=settings.log_level,
     )
     return 0
 

@@ -36,14 +36,29 @@ class Settings(BaseSettings):
     # "" turns it off.
     log_url: str = "./pacer-log"
     # Share of decisions logged (outcomes always are); each logged decision stands for 1/sample.
-    log_sample: float = Field(1.0, ge=0.0, le=1.0)
-    log_flush_s: float = Field(10.0, gt=0)  # write what is buffered at least this often...
+    log_sample: float = Field(default=1.0, ge=0.0, le=1.0)
+    log_flush_s: float = Field(default=10.0, gt=0)  # write what is buffered at least this often...
     log_flush_rows: int = 200_000  # ...or as soon as this many rows wait
     log_max_rows: int = 2_000_000  # rows kept in memory while the sink fails; beyond, the oldest are dropped
     # Refit spend curves from the log this often (one instance of a fleet at a time); 0: never.
-    refit_s: float = Field(3600.0, ge=0)
+    refit_s: float = Field(default=3600.0, ge=0)
     refit_since: str = "7d"  # from how much log history
     refit_engine: Literal["duckdb", "spark"] = "duckdb"
     spark_master: str | None = None  # with refit_engine=spark: the cluster URL (default local[*])
     refit_timeout_s: float = 1800.0  # a refit that runs longer is stopped (and its lock released)
     log_level: str = "info"
+    # Any request body above this is refused (413) before it is read further: 1,000 events of ~200 bytes take a
+    # fifth of it; an operator body is a few hundred bytes.
+    max_body_bytes: int = Field(1024 * 1024, ge=1024, le=64 * 1024 * 1024)
+    # Connection guards (pacer/connections.py), per process. A request head (request line and headers) must arrive
+    # within header_timeout_s of its first byte and be at most max_header_bytes (else 408 / 431, and closed).
+    header_timeout_s: float = Field(default=10.0, gt=0, le=3600)
+    max_header_bytes: int = Field(default=65536, ge=1024, le=16 * 1024 * 1024)
+    # Open connections beyond this get a 503 and are closed at once. 10,000 is far above what bidders keep open
+    # (exchanges pool tens to hundreds of keep-alive connections per instance) and costs ~0.1 GB at worst, yet
+    # stays under common open-file limits (pacer raises the soft limit toward the hard one to fit it), so a flood of
+    # idle connections meets 503s instead of EMFILE failing every accept.
+    max_connections: int = Field(default=10_000, ge=1)
+    # Idle connections (never used ones too) are closed after this many seconds (uvicorn's timeout_keep_alive).
+    # Behind a load balancer keep it above the balancer's idle timeout.
+    keep_alive_s: int = Field(default=5, ge=1, le=3600)

@@ -396,9 +396,12 @@ class Engine:
         offsets: dict[str, float] = {}
         max_ttl = self.params.ttl_max_s  # expired grants are never remembered longer than this
         self._fresh.clear()
-        for i, b in enumerate([b for b in self._slots if b is not None]):
+        gathered = [b for b in self._slots if b is not None]
+        for i, b in enumerate(gathered):
             if i and i % chunk == 0:
                 yield
+            if self._slots[b.slot] is not b:  # removed during a yield: its slot may hold a fresh bidder now
+                continue
             if now >= b.window.end and isinstance(b.config.period, Daily):
                 self._roll(b, now)
             ledger = b.ledger
@@ -433,11 +436,14 @@ class Engine:
         yield
         throttle = self.controller.throttle[:n].tolist()
         multiplier = self.controller.multiplier[:n].tolist()
-        for i, b in enumerate([b for b in self._slots if b is not None]):
+        # Only to the bidders gathered above that still hold their slot: one created during a yield has a slot
+        # the results do not cover (or one whose row was its predecessor's), and keeps what configure set.
+        for i, b in enumerate(gathered):
             if i and i % (4 * chunk) == 0:
                 yield
-            b.throttle = throttle[b.slot]
-            b.multiplier = multiplier[b.slot]
+            if self._slots[b.slot] is b:
+                b.throttle = throttle[b.slot]
+                b.multiplier = multiplier[b.slot]
 
     def _roll(self, bidder: Bidder, now: float) -> None:
         window = window_at(bidder.config.period, now)

@@ -11,6 +11,7 @@ import contextlib
 import gc
 import json
 import logging
+import math
 import os
 import socket
 import sys
@@ -31,7 +32,7 @@ from pacer.engine import BidderConfig, Engine
 from pacer.metrics import HttpMetrics
 from pacer.periods import parse_period, period_to_json, window_at
 from pacer.refit.job import publish
-from pacer.store import BidderRecord, Store, StoreError
+from pacer.store import BidderRecord, Store, StoreError, VersionConflict
 
 if TYPE_CHECKING:
     from pacer.fleet import Fleet
@@ -47,6 +48,11 @@ REFIT_CHECK_S = 60.0  # how often an instance looks whether a refit is due
 REJECTIONS_LOGGED = 20  # per refit, the first rejected bidders and why (all are in status)
 BACKGROUND_NICE = 10
 FREEZE_GROWTH, FREEZE_MIN = 0.1, 100  # freeze new long-lived objects again after this much bidder growth
+RESTART_S = 0.1  # a background loop that raised starts again after this pause (never a busy loop)
+ERROR_LOG_EVERY_S = 60.0  # a loop that keeps failing logs its traceback at most this often (all are counted)
+TICK_STALE_TICKS, SYNC_STALE_SYNCS, STALE_MIN_S = 10, 2, 2.0  # /readyz: how old the last tick or write may be
+CONFLICT_RETRIES = 3  # fleet: a write that met a newer version re-reads the bidder and tries again this often
+LOG_STOP_S = 5.0  # at shutdown, how long the auction log may take to write what it holds
 
 
 def background_priority(pid: int | None = None) -> None:
@@ -56,6 +62,21 @@ def background_priority(pid: int | None = None) -> None:
     thread that holds the GIL must still get the CPU to hand it back.)"""
     with contextlib.suppress(OSError, AttributeError):  # not Linux, or not permitted: stay as is
         os.setpriority(os.PRIO_PROCESS, pid or threading.get_native_id(), BACKGROUND_NICE)
+
+
+class BidderNotFound(LookupError):
+    """No such bidder (or it was deleted meanwhile)."""
+
+
+class VersionMismatch(Exception):
+    """The client's If-Match names another version than the bidder's current one."""
+
+    def __init__(self, current: int | None) -> None:
+        super().__init__(f"the bidder's version is {current}" if current is not None else "no such bidder")
+        self.current = current
+
+
+ANY_VERSION = -1  # If-Match: * (any current version, but the bidder must exist)
 
 
 @dataclass(frozen=True)
@@ -128,6 +149,10 @@ class Service:
         self._short_seen = 0
         self._frozen_bidders = 0
         self._background = ThreadPoolExecutor(1, "pacer-log", initializer=background_priority)
+        self.background_errors: Counter[str] = Counter()  # exceptions the background loops survived, by loop
+        self._error_logged: dict[str, float] = {}
+        self.ticked_at = time.monotonic()  # the last completed tick (readiness: the pacing loop is alive)
+        self.synced_at = time.monotonic()  # the last sync that reached the store (a write: readiness)
 
     async def _in_background(self, fn: Callable[..., T], *args: object) -> T:
         """Run `fn` on the low-priority log thread."""
@@ -149,13 +174,15 @@ class Service:
         self.engine.tick()
         log.info("loaded %d bidders, %d fitted models", len(records), sum(1 for m in self.engine.models.values() if m))
         self._freeze_long_lived(force=True)
-        self._tasks = [asyncio.create_task(self._tick_loop()), asyncio.create_task(self._sync_loop())]
+        self.ticked_at = self.synced_at = time.monotonic()
+        loops: dict[str, Callable[[], Awaitable[None]]] = {"tick": self._tick_loop, "sync": self._sync_loop}
         if self.fleet is not None:
-            self._tasks.append(asyncio.create_task(self.fleet.relay()))
+            loops["relay"] = self.fleet.relay
         if self.log is not None:
-            self._tasks.append(asyncio.create_task(self._log_loop()))
+            loops["log"] = self._log_loop
         if self.refit is not None and self.refit.every_s > 0:
-            self._tasks.append(asyncio.create_task(self._refit_loop()))
+            loops["refit"] = self._refit_loop
+        self._tasks = [asyncio.create_task(self._supervised(name, loop)) for name, loop in loops.items()]
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -169,12 +196,65 @@ class Service:
             else:
                 await self._snapshot()
         if self.log is not None:
-            await self._in_background(self.log.flush)
-        self._background.shutdown()
+            await self._flush_log_at_stop()
+        self._background.shutdown(wait=False)  # a write stuck in a sink is abandoned (its rows are counted)
         await self.store.close()
         gc.unfreeze()
 
+    async def _flush_log_at_stop(self) -> None:
+        """Write what the auction log holds, retrying a failing sink for at most LOG_STOP_S; whatever is still
+        unwritten then is counted as dropped and logged with its number (never lost silently)."""
+        assert self.log is not None
+        deadline = time.monotonic() + LOG_STOP_S
+        written = False
+        while not written and (left := deadline - time.monotonic()) > 0:
+            try:
+                written = await asyncio.wait_for(self._in_background(self.log.flush), left)
+            except TimeoutError:
+                break
+            if not written:
+                await asyncio.sleep(min(RESTART_S * 5, max(deadline - time.monotonic(), 0)))
+        lost = self.log.abandon()
+        if lost:
+            log.error("auction log: %d rows could not be written to %s at shutdown (%s); they are lost",
+                      lost, self.log.url, self.log.last_error or f"no answer within {LOG_STOP_S:.0f} s")
+
     # --- background loops -----------------------------------------------------------------------------------
+
+    async def _supervised(self, name: str, loop: Callable[[], Awaitable[None]]) -> None:
+        """Run a background loop for as long as the service runs: an exception is logged with its traceback
+        (at most every ERROR_LOG_EVERY_S per loop), counted (pacer_background_errors_total{loop}), and the loop
+        starts again. A loop that died silently would leave reservations unexpired and budgets unplanned while
+        /readyz still said ready."""
+        while True:
+            try:
+                await loop()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self.background_errors[name] += 1
+                now = time.monotonic()
+                if now - self._error_logged.get(name, -math.inf) >= ERROR_LOG_EVERY_S:
+                    self._error_logged[name] = now
+                    log.exception("background loop %r failed (%d so far); it goes on", name,
+                                  self.background_errors[name])
+            await asyncio.sleep(RESTART_S)
+
+    def stale(self) -> dict[str, str]:
+        """What makes this instance unfit for traffic now, by part: a tick or a store write older than allowed,
+        or a last store write that failed. Empty when ready."""
+        now = time.monotonic()
+        out: dict[str, str] = {}
+        tick_age = now - self.ticked_at
+        if tick_age > max(STALE_MIN_S, TICK_STALE_TICKS * self.tick_s):
+            out["tick"] = f"no completed tick for {tick_age:.1f} s"
+        sync_age = now - self.synced_at
+        if sync_age > max(STALE_MIN_S, SYNC_STALE_SYNCS * self.sync_s):
+            out["sync"] = f"no sync reached the store for {sync_age:.1f} s"
+        error = self.store.write_error
+        if error is not None:
+            out["store_write"] = f"the last store write failed: {error}"
+        return out
 
     async def _tick_loop(self) -> None:
         while True:
@@ -186,6 +266,7 @@ class Service:
                     self._sync_now.set()
             for _ in self.engine.tick_steps():
                 await asyncio.sleep(0)  # let waiting bids through between chunks
+            self.ticked_at = time.monotonic()
 
     async def _sync_loop(self) -> None:
         last_prune = 0.0
@@ -199,6 +280,7 @@ class Service:
                         await self.fleet.sync()
                 else:
                     await self._snapshot()
+                self.synced_at = time.monotonic()
                 await self.load_models()
                 if time.monotonic() - last_prune > PRUNE_EVERY_S:
                     await self.store.prune(self.engine.clock() - self.dedupe_s)
@@ -316,31 +398,82 @@ class Service:
         await self.store.save_reserved(snapshot)
 
     # --- operator operations ----------------------------------------------------------------------------------
+    # Each is one read-modify-write under the service's lock, so concurrent operator requests apply in order and
+    # none undoes another (a budget PATCH racing a pause, a PATCH racing a DELETE). In a fleet the store checks
+    # the version too (another instance may have written since): on a conflict the bidder is re-read and the
+    # change applied again to what is current.
 
-    async def put(self, bidder_id: str, config: BidderConfig) -> bool:
-        """Create or replace; True if created. Durable before it takes effect."""
-        async with self._lock:
-            created = bidder_id not in self.engine.bidders
-            version = self.versions.get(bidder_id, 0) + 1
-            record = BidderRecord(bidder_id, config_to_json(config), version, time.time())
-            version = await self._write("put", self.store.put_bidder(record))
-            key = window_at(config.period, self.engine.clock()).key
-            spend = await self.store.load_spend([(bidder_id, key)])
-            self.engine.configure(bidder_id, config, spend[bidder_id, key])
-            self.versions[bidder_id] = version
-            return created
+    def version(self, bidder_id: str) -> int | None:
+        """The configuration version this instance runs (the ETag), None for an unknown bidder."""
+        return self.versions.get(bidder_id) if bidder_id in self.engine.bidders else None
 
-    async def delete(self, bidder_id: str) -> None:
+    def _check(self, bidder_id: str, expect: int | None) -> None:
+        if expect is None:
+            return
+        current = self.version(bidder_id)
+        if current is None or (expect != ANY_VERSION and expect != current):
+            raise VersionMismatch(current)
+
+    async def update(self, bidder_id: str, change: Callable[[BidderConfig | None], BidderConfig],
+                     expect: int | None = None) -> bool:
+        """Write `change(current config or None)` as the bidder's config; True if that created it. `change` raises
+        BidderNotFound where the bidder must exist; `expect` is the version the client saw (If-Match; ANY_VERSION
+        for `*`), else VersionMismatch. Durable before it takes effect."""
         async with self._lock:
-            await self._write("delete", self.store.delete_bidder(bidder_id))
+            for _ in range(CONFLICT_RETRIES):
+                self._check(bidder_id, expect)
+                bidder = self.engine.bidders.get(bidder_id)
+                config = change(bidder.config if bidder is not None else None)
+                known = self.versions.get(bidder_id, 0) if bidder is not None else 0
+                record = BidderRecord(bidder_id, config_to_json(config), known + 1, time.time())
+                try:
+                    version = await self._write("put", self.store.put_bidder(record))
+                except VersionConflict:
+                    await self._reread(bidder_id)
+                    continue
+                key = window_at(config.period, self.engine.clock()).key
+                spend = await self.store.load_spend([(bidder_id, key)])
+                self.engine.configure(bidder_id, config, spend[bidder_id, key])
+                self.versions[bidder_id] = version
+                return bidder is None
+            raise StoreError(f"bidder {bidder_id!r} kept changing on other instances; retry")
+
+    async def delete(self, bidder_id: str, expect: int | None = None) -> None:
+        async with self._lock:
+            for _ in range(CONFLICT_RETRIES):
+                self._check(bidder_id, expect)
+                if bidder_id not in self.engine.bidders:
+                    raise BidderNotFound(bidder_id)
+                try:
+                    await self._write("delete", self.store.delete_bidder(bidder_id, self.versions.get(bidder_id, 0)))
+                except VersionConflict:
+                    await self._reread(bidder_id)
+                    continue
+                self.engine.remove(bidder_id)
+                self.versions.pop(bidder_id, None)
+                return
+            raise StoreError(f"bidder {bidder_id!r} kept changing on other instances; retry")
+
+    async def _reread(self, bidder_id: str) -> None:
+        """Another instance wrote this bidder: take its current config (or its deletion) now."""
+        (record,) = await self.store.load_configs([bidder_id])
+        if record is None:
             self.engine.remove(bidder_id)
             self.versions.pop(bidder_id, None)
+            return
+        config = config_from_json(record.config)
+        key = window_at(config.period, self.engine.clock()).key
+        spend = await self.store.load_spend([(bidder_id, key)])
+        self.engine.configure(bidder_id, config, spend[bidder_id, key])
+        self.versions[bidder_id] = record.version
 
     async def restore(self, bidder_id: str, spent_micros: int) -> None:
         """Bring back a bidder whose state the fleet store lost, with the spend the operator states."""
         assert self.fleet is not None, "only a fleet store loses state"
         async with self._lock:
-            bidder = self.engine.bidders[bidder_id]
+            bidder = self.engine.bidders.get(bidder_id)
+            if bidder is None:
+                raise BidderNotFound(bidder_id)
             record = BidderRecord(bidder_id, config_to_json(bidder.config), 0, time.time())
             await self._write("restore", self.fleet.store.restore_bidder(record, bidder.window.key, spent_micros))
             await self.fleet.sync()  # take the restored state and a lease now

@@ -13,7 +13,7 @@ import msgspec
 
 from pacer.api.errors import ApiError, from_msgspec
 from pacer.auctionlog import LOSS, WIN, AuctionLogWriter
-from pacer.engine import Engine
+from pacer.engine import UNKNOWN_BIDDER, Engine
 from pacer.store import Store, StoreError, WinRecord
 
 MAX_MICROS = 10**12  # $1M per impression: far above any real price, far below int64 overflow in sums
@@ -72,7 +72,7 @@ _encode = msgspec.json.Encoder().encode
 
 def _decide(engine: Engine, r: BidRequest, log: AuctionLogWriter | None, now: float) -> Decision:
     granted, reason = engine.decide(r.bidder_id, r.auction_id, r.bid_micros)
-    if log is not None:
+    if log is not None and reason != UNKNOWN_BIDDER:  # counted in the engine; a made-up id is nothing to learn from
         log.decision(now, r.bidder_id, r.auction_id, r.bid_micros, granted, reason or None)
     if granted:
         return Decision(r.auction_id, True, bid_micros=granted)

@@ -8,8 +8,11 @@ Every 4xx/5xx body is {"error": {"code": str, "message": str, "field": str | nul
     ├── unauthorized           401   missing or wrong bearer token
     ├── not_found              404   unknown bidder or route
     ├── method_not_allowed     405
+    ├── header_timeout         408   the request head took longer than PACER_HEADER_TIMEOUT_S (connection closed)
     ├── payload_too_large      413   body above the limit
-    └── store_unavailable      503   the budget truth cannot be written now; nothing was acknowledged, retry
+    ├── header_too_large       431   request head above PACER_MAX_HEADER_BYTES (connection closed)
+    ├── store_unavailable      503   the budget truth cannot be written now; nothing was acknowledged, retry
+    └── too_many_connections   503   PACER_MAX_CONNECTIONS open already (connection closed); retry
 """
 
 from __future__ import annotations

@@ -8,20 +8,19 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hmac
 from dataclasses import replace
 from typing import Annotated, Literal
 
 import numpy as np
 from fastapi import APIRouter, Depends, Query, Request, Response
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 
 from pacer.api.bidder import MAX_MICROS
 from pacer.api.errors import ApiError
 from pacer.engine import BidderConfig, Engine
 from pacer.periods import PeriodError, parse_period, period_to_json, rfc3339
-from pacer.service import Service
+from pacer.service import ANY_VERSION, BidderNotFound, Service
 
 MAX_BUDGET = 10**15  # $1B in micros: beyond any real budget, far from int64 overflow
 Pacing = Literal["asap", "even", "frontload", "traffic"]
@@ -137,16 +136,9 @@ def _service(request: Request) -> Service:
     return service
 
 
-def _authorize(
-    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
-) -> None:
-    expected: str = request.app.state.operator_token
-    given = credentials.credentials if credentials is not None else ""
-    if not hmac.compare_digest(given.encode(), expected.encode()):
-        raise ApiError(401, "unauthorized", "missing or wrong operator bearer token")
-
-
-router = APIRouter(prefix="/v1/bidders", tags=["operator"], dependencies=[Depends(_authorize)])
+# The token is checked once, by the dispatcher (pacer/app.py) before anything reads the body; this dependency
+# only puts the scheme in the API document.
+router = APIRouter(prefix="/v1/bidders", tags=["operator"], dependencies=[Depends(_bearer)])
 ServiceDep = Annotated[Service, Depends(_service)]
 BidderId = Annotated[str, Field(min_length=1, max_length=256)]
 
@@ -154,7 +146,7 @@ BidderId = Annotated[str, Field(min_length=1, max_length=256)]
 def _status(engine: Engine, bidder_id: str) -> BidderStatus:
     raw = engine.status(bidder_id)
     if raw is None:
-        raise ApiError(404, "not_found", f"no bidder {bidder_id!r}", "bidder_id")
+        raise BidderNotFound()
     raw["period"] = period_to_json(engine.bidders[bidder_id].config.period)
     raw["period_start"] = rfc3339(float(raw["period_start"]))  # type: ignore[arg-type]
     raw["period_end"] = rfc3339(float(raw["period_end"]))  # type: ignore[arg-type]
@@ -168,33 +160,57 @@ def _period(body: FlightIn | DailyIn) -> object:
         raise ApiError(422, "validation_error", exc.message, exc.field) from None
 
 
-def _existing(service: Service, bidder_id: str) -> BidderConfig:
-    bidder = service.engine.bidders.get(bidder_id)
-    if bidder is None:
-        raise ApiError(404, "not_found", f"no bidder {bidder_id!r}", "bidder_id")
-    return bidder.config
+def _existing(config: BidderConfig | None) -> BidderConfig:
+    if config is None:
+        raise BidderNotFound()
+    return config
+
+
+def _if_match(request: Request) -> int | None:
+    """The version an `If-Match` header names (`"3"`, `W/"3"`, or `*` for any), None without one. A tag this API
+    never issued matches nothing (412)."""
+    header = request.headers.get("if-match")
+    if header is None:
+        return None
+    tag = header.strip()
+    if tag == "*":
+        return ANY_VERSION
+    tag = tag.removeprefix("W/")
+    digits = tag[1:-1] if len(tag) > 2 and tag[0] == tag[-1] == '"' else ""
+    return int(digits) if digits.isdigit() and len(digits) < 19 else -2  # -2: no version has it
+
+
+def _answer(service: Service, bidder_id: str, response: Response) -> BidderStatus:
+    """The bidder's status, with its version as the ETag (send it back in If-Match to update only that version)."""
+    status = _status(service.engine, bidder_id)
+    version = service.version(bidder_id)
+    if version is not None:
+        response.headers["ETag"] = f'"{version}"'
+    return status
 
 
 @router.put("/{bidder_id}", response_model=BidderStatus, responses={201: {"model": BidderStatus}})
-async def put_bidder(bidder_id: BidderId, body: BidderIn, service: ServiceDep, response: Response) -> BidderStatus:
-    """Create (201) or replace (200) a bidder. Spend already recorded in the same period is kept."""
-    old = service.engine.bidders.get(bidder_id)
-    config = BidderConfig(
-        budget_micros=body.budget_micros,
-        period=_period(body.period),  # type: ignore[arg-type]
-        pacing=body.pacing,
-        max_bid_micros=body.max_bid_micros,
-        paused=old.config.paused if old is not None else False,
-    )
-    created = await service.put(bidder_id, config)
+async def put_bidder(bidder_id: BidderId, body: BidderIn, service: ServiceDep, request: Request,
+                     response: Response) -> BidderStatus:
+    """Create (201) or replace (200) a bidder. Spend already recorded in the same period is kept; a paused bidder
+    stays paused. With `If-Match`, only the version named is replaced (412 otherwise)."""
+    period = _period(body.period)
+
+    def replace_config(old: BidderConfig | None) -> BidderConfig:
+        return BidderConfig(budget_micros=body.budget_micros, period=period,  # type: ignore[arg-type]
+                            pacing=body.pacing, max_bid_micros=body.max_bid_micros,
+                            paused=old.paused if old is not None else False)
+
+    created = await service.update(bidder_id, replace_config, _if_match(request))
     response.status_code = 201 if created else 200
-    return _status(service.engine, bidder_id)
+    return _answer(service, bidder_id, response)
 
 
 @router.patch("/{bidder_id}", response_model=BidderStatus)
-async def patch_bidder(bidder_id: BidderId, body: BidderPatch, service: ServiceDep) -> BidderStatus:
-    """Change any of the fields; a budget raised or lowered mid-period re-plans the rest of it."""
-    config = _existing(service, bidder_id)
+async def patch_bidder(bidder_id: BidderId, body: BidderPatch, service: ServiceDep, request: Request,
+                       response: Response) -> BidderStatus:
+    """Change any of the fields; a budget raised or lowered mid-period re-plans the rest of it. The change applies
+    to the bidder as it is when it is written (a concurrent pause is kept). With `If-Match`: that version only."""
     given = body.model_fields_set
     for name in ("budget_micros", "pacing", "period"):
         if name in given and getattr(body, name) is None:
@@ -202,13 +218,15 @@ async def patch_bidder(bidder_id: BidderId, body: BidderPatch, service: ServiceD
     changes: dict[str, object] = {name: getattr(body, name) for name in given if name != "period"}
     if body.period is not None:
         changes["period"] = _period(body.period)
-    await service.put(bidder_id, replace(config, **changes))  # type: ignore[arg-type]
-    return _status(service.engine, bidder_id)
+    await service.update(bidder_id, lambda old: replace(_existing(old), **changes),  # type: ignore[arg-type]
+                         _if_match(request))
+    return _answer(service, bidder_id, response)
 
 
 @router.get("/{bidder_id}", response_model=BidderStatus)
-async def get_bidder(bidder_id: BidderId, service: ServiceDep) -> BidderStatus:
-    return _status(service.engine, bidder_id)
+async def get_bidder(bidder_id: BidderId, service: ServiceDep, response: Response) -> BidderStatus:
+    """The bidder's status; its `ETag` is the configuration version."""
+    return _answer(service, bidder_id, response)
 
 
 @router.get("/{bidder_id}/curve", response_model=CurveOut)
@@ -216,8 +234,9 @@ async def get_curve(bidder_id: BidderId, service: ServiceDep) -> CurveOut:
     """What the pacer believes about this bidder: the target spend curve over its current period, the traffic
     curve it follows (fitted, or the prior), and the bid landscape that sets its feed-forward multiplier."""
     engine = service.engine
-    _existing(service, bidder_id)
-    bidder = engine.bidders[bidder_id]
+    bidder = engine.bidders.get(bidder_id)
+    if bidder is None:
+        raise BidderNotFound()
     w = bidder.window
     times = np.linspace(w.start, w.end, int(min(288, max(1, (w.end - w.start) // 300))) + 1)
     share = engine.target(bidder, times)
@@ -258,35 +277,40 @@ async def list_bidders(
 
 
 @router.post("/{bidder_id}/pause", response_model=BidderStatus)
-async def pause_bidder(bidder_id: BidderId, service: ServiceDep) -> BidderStatus:
+async def pause_bidder(bidder_id: BidderId, service: ServiceDep, request: Request,
+                       response: Response) -> BidderStatus:
     """Stop granting bids at once; reservations already granted still settle."""
-    await service.put(bidder_id, replace(_existing(service, bidder_id), paused=True))
-    return _status(service.engine, bidder_id)
+    await service.update(bidder_id, lambda old: replace(_existing(old), paused=True), _if_match(request))
+    return _answer(service, bidder_id, response)
 
 
 @router.post("/{bidder_id}/resume", response_model=BidderStatus)
-async def resume_bidder(bidder_id: BidderId, service: ServiceDep) -> BidderStatus:
-    await service.put(bidder_id, replace(_existing(service, bidder_id), paused=False))
-    return _status(service.engine, bidder_id)
+async def resume_bidder(bidder_id: BidderId, service: ServiceDep, request: Request,
+                        response: Response) -> BidderStatus:
+    await service.update(bidder_id, lambda old: replace(_existing(old), paused=False), _if_match(request))
+    return _answer(service, bidder_id, response)
 
 
 @router.post("/{bidder_id}/restore", response_model=BidderStatus,
              responses={409: {"description": "the bidder's state was not lost (or the store is not shared)"}})
-async def restore_bidder(bidder_id: BidderId, body: RestoreIn, service: ServiceDep) -> BidderStatus:
+async def restore_bidder(bidder_id: BidderId, body: RestoreIn, service: ServiceDep,
+                         response: Response) -> BidderStatus:
     """After the fleet store lost a bidder's state (state `store_lost`): write it back with the spend you state,
     and grant again. Refused for a bidder whose state is intact: spend is never reset by hand."""
-    _existing(service, bidder_id)
+    bidder = service.engine.bidders.get(bidder_id)
+    if bidder is None:
+        raise BidderNotFound()
     if service.fleet is None:
         raise ApiError(409, "not_shared", "only a shared (Redis) store can lose a bidder's state")
-    if not service.engine.bidders[bidder_id].lost:
+    if not bidder.lost:
         raise ApiError(409, "not_lost", f"bidder {bidder_id!r} is not in state store_lost: nothing to restore")
     await service.restore(bidder_id, body.spent_micros)
-    return _status(service.engine, bidder_id)
+    return _answer(service, bidder_id, response)
 
 
 @router.delete("/{bidder_id}", status_code=204, response_class=Response)
-async def delete_bidder(bidder_id: BidderId, service: ServiceDep) -> Response:
-    """Remove the bidder. Its recorded spend stays: re-creating it in the same period continues from it."""
-    _existing(service, bidder_id)
-    await service.delete(bidder_id)
+async def delete_bidder(bidder_id: BidderId, service: ServiceDep, request: Request) -> Response:
+    """Remove the bidder. Its recorded spend stays: re-creating it in the same period continues from it. With
+    `If-Match`: that version only."""
+    await service.delete(bidder_id, _if_match(request))
     return Response(status_code=204)

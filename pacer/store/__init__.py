@@ -2,9 +2,9 @@
 
 from pathlib import Path
 
-from pacer.store.base import BidderRecord, ModelRecord, Store, StoreError, WinRecord
+from pacer.store.base import BidderRecord, ModelRecord, Store, StoreError, VersionConflict, WinRecord
 
-__all__ = ["BidderRecord", "ModelRecord", "Store", "StoreError", "WinRecord", "open_store"]
+__all__ = ["BidderRecord", "ModelRecord", "Store", "StoreError", "VersionConflict", "WinRecord", "open_store"]
 
 
 def open_store(url: str, journal_dir: Path = Path("pacer-journal")) -> Store:

@@ -21,6 +21,11 @@ class StoreError(Exception):
     """The store could not do what was asked (unreachable, disk full, corrupt). Callers fail closed."""
 
 
+class VersionConflict(Exception):
+    """A shared store holds another version of the bidder than the writer knew (another instance wrote it, or
+    deleted it): nothing was written. The writer re-reads the bidder and decides again."""
+
+
 def to_json(doc: dict[str, object]) -> str:
     """Compact JSON for a store; NaN and non-JSON values are refused (StoreError), never written."""
     try:
@@ -74,15 +79,25 @@ class Store(Protocol):
     async def ping(self) -> bool:
         """True if the store answers now (readiness)."""
 
+    @property
+    def write_error(self) -> str | None:
+        """Why the last durable write failed (disk full, read-only, unreachable); None once one succeeds again.
+        Readiness: a store that answers reads but cannot write must not take events."""
+
     async def load_bidders(self) -> list[BidderRecord]:
         """Every bidder currently configured (deleted ones excluded)."""
 
+    async def load_configs(self, bidder_ids: list[str]) -> list[BidderRecord | None]:
+        """Each bidder's current configuration (None where deleted or missing)."""
+
     async def put_bidder(self, record: BidderRecord) -> int:
         """Durably create or replace a bidder's configuration; `record.version - 1` is the version the caller
-        knew. Returns the version stored (a shared store assigns it fleet-wide)."""
+        knew (0: none, or deleted). Returns the version stored (a shared store assigns it fleet-wide). A shared
+        store raises VersionConflict, writing nothing, when it holds another version."""
 
-    async def delete_bidder(self, bidder_id: str) -> None:
-        """Durably remove a bidder's configuration. Its recorded spend is kept: money spent stays spent."""
+    async def delete_bidder(self, bidder_id: str, known_version: int | None = None) -> None:
+        """Durably remove a bidder's configuration. Its recorded spend is kept: money spent stays spent. Given
+        `known_version`, a shared store raises VersionConflict, deleting nothing, when it holds another."""
 
     async def record_wins(self, wins: list[WinRecord]) -> list[bool]:
         """Durably record wins; element i is True if wins[i] was new, False if its (bidder_id, auction_id)

@@ -37,7 +37,7 @@ from redis.crc import key_slot
 from redis.exceptions import NoScriptError, RedisError
 
 from pacer.store import journal
-from pacer.store.base import BidderRecord, ModelRecord, StoreError, WinRecord, to_json
+from pacer.store.base import BidderRecord, ModelRecord, StoreError, VersionConflict, WinRecord, to_json
 from pacer.store.sqlite import SqliteStore
 
 T = TypeVar("T")
@@ -165,6 +165,11 @@ class RedisStore:
                 await self._redis.aclose()
             self._redis = None
 
+    @property
+    def write_error(self) -> str | None:
+        """Events are made durable in the local journal (Redis's side shows in the fleet's sync age)."""
+        return self._journal.write_error if self._journal is not None else None
+
     async def ping(self) -> bool:
         try:
             return bool(await self._call(self._client().ping()))
@@ -199,11 +204,15 @@ class RedisStore:
                                  [config, budget, paused, record.version - 1, repr(record.updated_at)])
         if reply[0] == b"lost":
             raise BidderLost(f"Redis has no state for bidder {record.bidder_id!r}: its data was lost")
+        if reply[0] == b"conflict":
+            raise VersionConflict(f"bidder {record.bidder_id!r} is at version {reply[1]} in Redis")
         await self._announce(record.bidder_id, int(reply[1]))
         return int(reply[1])
 
-    async def delete_bidder(self, bidder_id: str) -> None:
-        await self._eval("delete", [self._state(bidder_id)], [])
+    async def delete_bidder(self, bidder_id: str, known_version: int | None = None) -> None:
+        reply = await self._eval("delete", [self._state(bidder_id)], [] if known_version is None else [known_version])
+        if reply[0] == b"conflict":
+            raise VersionConflict(f"bidder {bidder_id!r} is at version {reply[1]} in Redis")
         await self._announce(bidder_id, None)
 
     async def restore_bidder(self, record: BidderRecord, period_key: str, spent_micros: int) -> int:

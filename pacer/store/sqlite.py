@@ -21,7 +21,7 @@ from pacer.store.base import BidderRecord, ModelRecord, StoreError, WinRecord, t
 T = TypeVar("T")
 _Op = Callable[[sqlite3.Connection], Any]
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4  # 4: the heartbeat table (every snapshot writes it: readiness sees a disk that fills up)
 INT64_MAX = 2**63 - 1
 _SYNCHRONOUS = ("NORMAL", "FULL", "EXTRA")  # OFF is refused: a power cut could corrupt the file
 _SCHEMA = """
@@ -44,6 +44,7 @@ CREATE TABLE IF NOT EXISTS models (
     bidder_id TEXT PRIMARY KEY, version INTEGER NOT NULL, model TEXT, fit TEXT NOT NULL, seq INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS models_seq ON models (seq);
 CREATE TABLE IF NOT EXISTS locks (name TEXT PRIMARY KEY, holder TEXT NOT NULL, until REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS heartbeat (id INTEGER PRIMARY KEY CHECK (id = 1), at REAL NOT NULL);
 """
 # SQLite turns an overflowing integer sum into REAL; the CHECK above makes that an IntegrityError instead.
 _ADD_SPEND = (
@@ -86,6 +87,11 @@ class SqliteStore:
         self._pending: list[tuple[_Op, asyncio.Future[Any]]] = []
         self._writer: asyncio.Task[None] | None = None
         self._closing = False
+        self._write_error: str | None = None
+
+    @property
+    def write_error(self) -> str | None:
+        return self._write_error
 
     @classmethod
     def from_url(cls, url: str) -> SqliteStore:
@@ -115,6 +121,10 @@ class SqliteStore:
         refuse to be used from another thread than the one that made them)."""
         parent = os.path.dirname(os.path.abspath(self.path))
         os.makedirs(parent, exist_ok=True)
+        # Budgets, spend and every win are the operator's business only: 0600. SQLite gives its -wal and -shm
+        # files the database file's mode, so creating the file first (O_EXCL: never widen an existing one's) does.
+        with contextlib.suppress(FileExistsError):
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         conn = sqlite3.connect(self.path, isolation_level=None)  # no implicit BEGIN: we say when
         try:
             conn.execute(f"PRAGMA busy_timeout = {self.busy_timeout_ms}")
@@ -182,6 +192,16 @@ class SqliteStore:
 
     # -- writes: queued for the next group commit --
 
+    async def load_configs(self, bidder_ids: list[str]) -> list[BidderRecord | None]:
+        def read() -> list[BidderRecord | None]:
+            conn = self._db()
+            rows = [conn.execute("SELECT config, version, updated_at FROM bidders WHERE bidder_id = ?", (b,)).fetchone()
+                    for b in bidder_ids]
+            return [None if r is None else BidderRecord(b, json.loads(r[0]), r[1], r[2])
+                    for b, r in zip(bidder_ids, rows, strict=True)]
+
+        return await self._on_thread(read)
+
     async def put_bidder(self, record: BidderRecord) -> int:
         try:
             config = json.dumps(record.config, separators=(",", ":"), allow_nan=False)
@@ -191,7 +211,8 @@ class SqliteStore:
         await self._write(_statement("INSERT OR REPLACE INTO bidders VALUES (?, ?, ?, ?)", row))
         return record.version
 
-    async def delete_bidder(self, bidder_id: str) -> None:
+    async def delete_bidder(self, bidder_id: str, known_version: int | None = None) -> None:
+        """One process writes this file (its service lock orders the writes): no version to check."""
         await self._write(_statement("DELETE FROM bidders WHERE bidder_id = ?", (bidder_id,)))
 
     async def record_wins(self, wins: list[WinRecord]) -> list[bool]:
@@ -223,6 +244,9 @@ class SqliteStore:
         def apply(conn: sqlite3.Connection) -> None:
             conn.execute("DELETE FROM reserved")
             conn.executemany("INSERT INTO reserved VALUES (?, ?, ?)", rows)
+            # A write that always changes a page: with nothing reserved the snapshot would write nothing, and a
+            # full disk would go unnoticed until the next event failed.
+            conn.execute("INSERT OR REPLACE INTO heartbeat VALUES (1, ?)", (time.time(),))
 
         await self._write(apply)
 
@@ -324,7 +348,9 @@ class SqliteStore:
             batch, self._pending = self._pending, []
             try:
                 results = await self._on_thread(functools.partial(self._commit, [op for op, _ in batch]))
+                self._write_error = None
             except Exception as exc:
+                self._write_error = str(exc)
                 results = [StoreError(f"write batch rolled back: {exc}") for _ in batch]
             for (_, future), result in zip(batch, results, strict=True):
                 if future.done():  # the caller was cancelled; its write committed (or not) regardless

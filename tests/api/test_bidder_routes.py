@@ -9,7 +9,8 @@ from typing import Any
 import httpx
 import pytest
 
-from pacer.app import MAX_BODY, PacerApp
+from pacer.app import PacerApp
+from pacer.config import Settings
 from pacer.store import StoreError
 from tests.api.conftest import (
     OPERATOR,
@@ -25,6 +26,8 @@ from tests.api.conftest import (
 )
 
 BID = {"bidder_id": "b1", "auction_id": "a1", "bid_micros": 1000}
+JSON = {"content-type": "application/json"}
+MAX_BODY = Settings.model_fields["max_body_bytes"].default
 
 
 # --- POST /v1/bid: decisions ------------------------------------------------------------------------------
@@ -153,7 +156,7 @@ async def test_bid_micros_bounds_are_inclusive(client: httpx.AsyncClient) -> Non
 
 @pytest.mark.parametrize("content", [json.dumps([BID]).encode(), b'"bid"', b"1000", b"null"], ids=repr)
 async def test_bid_body_not_an_object(client: httpx.AsyncClient, content: bytes) -> None:
-    assert_error(await client.post("/v1/bid", content=content), 422, "validation_error", None)
+    assert_error(await client.post("/v1/bid", content=content, headers=JSON), 422, "validation_error", None)
 
 
 @pytest.mark.parametrize("path", ["/v1/bid", "/v1/bids", "/v1/events"])
@@ -164,7 +167,7 @@ async def test_bidder_routes_only_take_post(client: httpx.AsyncClient, path: str
 
 async def test_payload_too_large(client: httpx.AsyncClient) -> None:
     body = json.dumps({"requests": [BID] * 1000, "pad": "x" * MAX_BODY}).encode()
-    assert_error(await client.post("/v1/bids", content=body), 413, "payload_too_large")
+    assert_error(await client.post("/v1/bids", content=body, headers=JSON), 413, "payload_too_large")
 
 
 async def test_payload_too_large_in_a_single_receive_message(app: PacerApp) -> None:
@@ -179,7 +182,7 @@ async def test_payload_too_large_in_a_single_receive_message(app: PacerApp) -> N
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
 
-    scope = {"type": "http", "method": "POST", "path": "/v1/bids", "headers": []}
+    scope = {"type": "http", "method": "POST", "path": "/v1/bids", "headers": [(b"content-type", b"application/json")]}
     async with app.fastapi.router.lifespan_context(app.fastapi):
         await app(scope, receive, send)
     assert sent[0]["status"] == 413
@@ -292,7 +295,7 @@ async def test_bids_body_shape(client: httpx.AsyncClient, body: Any, field: str 
 
 
 async def test_bids_invalid_json(client: httpx.AsyncClient) -> None:
-    assert_error(await client.post("/v1/bids", content=b'{"requests": ['), 400, "invalid_json")
+    assert_error(await client.post("/v1/bids", content=b'{"requests": [', headers=JSON), 400, "invalid_json")
 
 
 # --- POST /v1/events --------------------------------------------------------------------------------------
@@ -407,7 +410,7 @@ async def test_events_full_batch_of_1000(client: httpx.AsyncClient) -> None:
 async def test_events_body_errors(
     client: httpx.AsyncClient, content: bytes, status: int, code: str, field: str | None
 ) -> None:
-    assert_error(await client.post("/v1/events", content=content), status, code, field)
+    assert_error(await client.post("/v1/events", content=content, headers=JSON), status, code, field)
 
 
 async def test_events_store_unavailable(

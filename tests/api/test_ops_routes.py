@@ -62,7 +62,7 @@ async def test_metrics(client: httpx.AsyncClient) -> None:
 
 
 async def test_metrics_count_rejected_requests(client: httpx.AsyncClient) -> None:
-    await client.post("/v1/bid", content=b"{")
+    await client.post("/v1/bid", content=b"{", headers={"content-type": "application/json"})
     text = (await client.get("/metrics")).text
     assert re.search(r'^pacer_requests_total\{route="/v1/bid",status="400"\} 1\.0$', text, re.M), text
 

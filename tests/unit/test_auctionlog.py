@@ -80,10 +80,38 @@ def test_buffered_rows_hold_no_python_objects_per_row(tmp_path: Path) -> None:
         log.decision(T0 + i, f"b{i % 7}", f"a{i}", 1000, 1000 if i % 2 else 0, None if i % 2 else "paced")
         log.outcome(T0 + i, "win" if i % 2 else "loss", f"b{i % 7}", f"a{i}", 900 if i % 2 else None)
     rows = log.take()
-    buffers = [getattr(rows, name) for name in rows.__slots__]
+    buffers = [getattr(rows, name) for name in rows.__slots__ if name != "bidders"]
     assert len(rows) == 20_000 and all(len(gc.get_referents(b)) <= 1 for b in buffers)  # at most its type
+    assert len(rows.bidders.names) == 7  # one entry per distinct bidder of the batch, none per row
     assert log.write(rows)
     got = read(tmp_path)
     assert len(got) == 20_000 and sum(r["kind"] == "win" for r in got) == 5_000
     assert {r["reason"] for r in got if r["kind"] == "bid"} == {None, "paced"}
     assert {r["granted_micros"] for r in got if r["kind"] == "bid" and r["reason"] == "paced"} == {0}
+
+
+def test_bidder_ids_are_forgotten_with_their_batch(tmp_path: Path) -> None:
+    """Issue 12: every bidder id ever logged was kept for the life of the process (~320 B each: a client sending
+    random ids grew memory without bound). The id dictionary now goes with the batch that is written."""
+    log = AuctionLogWriter(str(tmp_path), "w1")
+    for i in range(1000):
+        log.outcome(T0, "loss", f"random-{i}", f"a{i}")
+    assert log.flush()
+    log.outcome(T0 + 1, "win", "b1", "a-next", 900)
+    rows = log.take()
+    assert rows.bidders.names == ["b1"]
+    assert log.write(rows)
+    assert {r["bidder_id"] for r in read(tmp_path)} == {"b1"} | {f"random-{i}" for i in range(1000)}
+
+
+def test_abandon_counts_what_could_not_be_written(tmp_path: Path) -> None:
+    """Issue 12: at shutdown a failing sink's rows were dropped silently (dropped_rows stayed 0)."""
+    blocked = tmp_path / "file"
+    blocked.write_text("not a folder")
+    log = AuctionLogWriter(str(blocked), "w1")
+    for i in range(10):
+        log.outcome(T0, "win", "b1", f"a{i}", 900)
+    assert not log.flush()
+    log.decision(T0, "b1", "late", 1000, 0, "paced")
+    assert log.abandon() == 11
+    assert (log.pending, log.dropped_rows) == (0, 11)

@@ -207,6 +207,26 @@ def test_a_slot_reused_during_a_stepped_tick_is_not_updated_with_its_old_owners_
     assert eng.controller.u_i[0] == 0.0 and eng.bidders["new"].multiplier == 1.0  # a fresh start (m_start=1)
 
 
+def test_bidders_created_and_removed_during_a_stepped_tick_do_not_break_it() -> None:
+    """Issue 12: creating bidders while a tick was between steps raised IndexError (a slot beyond the results),
+    which ended the service's tick loop for good."""
+    eng, clock = engine()
+    for i in range(4):
+        eng.configure(f"b{i}", flight(10**9))
+    clock.advance(0.1)
+    steps = eng.tick_steps(chunk=1)
+    next(steps)
+    for i in range(50):  # new slots beyond the ones gathered
+        eng.configure(f"late{i}", flight(10**9))
+    eng.remove("b2")  # gathered later in this tick: skipped, not touched
+    for _ in steps:
+        pass
+    assert eng.bidders["late49"].multiplier == 1.0  # configure's start, untouched by this tick
+    clock.advance(0.1)
+    eng.tick()  # the next tick covers every bidder
+    assert eng.decide("late49", "a", 100)[0] > 0
+
+
 def test_leased_engine_spends_only_its_lease_and_settles_across_instances() -> None:
     """A fleet instance: nothing before a lease; the lease caps grants; a lost bidder says budget_unknown; notices
     for auctions it did not grant are queued for relay, and a relayed notice frees its own reservation."""

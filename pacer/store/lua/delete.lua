@@ -1,7 +1,13 @@
 -- delete.lua: delete a bidder (operator write). KEYS[1]: its state hash. Leaves a tombstone so instances can
 -- tell a deletion from lost data; spend fields stay (money spent stays spent). Every lease is withdrawn.
--- Reply: the new version.
+-- ARGV[1] (optional): the version the caller knows; when Redis holds another, nothing changes.
+-- Reply: {'ok', new version} or {'conflict', version}.
 local h = KEYS[1]
+if ARGV[1] then
+  local cur = redis.call('HGET', h, 'ver') or '0'
+  local known = redis.call('HGET', h, 'del') == '1' and '0' or cur
+  if ARGV[1] ~= known then return {'conflict', tonumber(cur)} end
+end
 local f = redis.call('HKEYS', h)
 for _, field in ipairs(f) do
   local kind = string.sub(field, 1, 2)
@@ -13,4 +19,4 @@ if not redis.call('HGET', h, 'inc') then
 end
 local ver = redis.call('HINCRBY', h, 'ver', 1)
 redis.call('HSET', h, 'del', '1')
-return ver
+return {'ok', ver}
