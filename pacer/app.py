@@ -12,13 +12,15 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import msgspec
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -82,6 +84,7 @@ def build_fastapi(service: Service, settings: Settings, token: str) -> FastAPI:
 
     # redirect_slashes off: a redirect would echo the request's Host header back (open redirect); 404 instead.
     app = FastAPI(title="pacer", version=__version__, lifespan=lifespan, redirect_slashes=False,
+                  docs_url=None, redoc_url=None,  # FastAPI's pages load unpinned scripts from a CDN: _serve_docs
                   description="Real-time budget pacing for ad bidding. Money is integer micros.")
     app.state.service = service
     app.state.operator_token = token
@@ -180,7 +183,35 @@ def build_fastapi(service: Service, settings: Settings, token: str) -> FastAPI:
         return PlainTextResponse(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     _document_bidder_routes(app)
+    _serve_docs(app)
     return app
+
+
+_DOCS_ASSETS = {"swagger-ui-bundle.js": "application/javascript", "swagger-ui.css": "text/css",
+                "favicon-32x32.png": "image/png"}
+
+
+def _serve_docs(app: FastAPI) -> None:
+    """/docs: Swagger UI from the pinned fastapi-swagger package, served from this origin. Operators paste their
+    token into this page: no third-party script may run on it (the CSP says so to the browser, too)."""
+    assets = resources.files("fastapi_swagger.resources")
+    policy = ("default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+              "img-src 'self' data:")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        page = get_swagger_ui_html(openapi_url="/openapi.json", title="pacer API",
+                                   swagger_js_url="/docs/swagger-ui-bundle.js", swagger_css_url="/docs/swagger-ui.css",
+                                   swagger_favicon_url="/docs/favicon-32x32.png")
+        page.headers["Content-Security-Policy"] = policy
+        return page
+
+    @app.get("/docs/{name}", include_in_schema=False)
+    async def docs_asset(name: str) -> Response:
+        media = _DOCS_ASSETS.get(name)
+        if media is None:
+            raise StarletteHTTPException(404, f"no {name!r}")
+        return Response((assets / name).read_bytes(), media_type=media, headers={"Cache-Control": "max-age=86400"})
 
 
 def _document_bidder_routes(app: FastAPI) -> None:

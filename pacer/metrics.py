@@ -96,6 +96,11 @@ class PacerCollector(Collector):
                                 value=sum(1 for b in e.bidders.values() if b.model is not None))
         yield CounterMetricFamily("pacer_models_refused", "Published models refused here (failed validation)",
                                   value=service.model_errors)
+        background = CounterMetricFamily("pacer_background_errors", "Exceptions a background loop survived",
+                                         labels=["loop"])
+        for loop in ("tick", "sync", "relay", "log", "refit"):
+            background.add_metric([loop], service.background_errors.get(loop, 0))
+        yield background
         errors = CounterMetricFamily("pacer_store_errors", "Store operations that failed", labels=["op"])
         for op, n in service.store_errors.items():
             errors.add_metric([op], n)

@@ -3,13 +3,15 @@
 The hot path: one typed msgspec decode, an in-memory engine call, one encode. No FastAPI, no pydantic, no I/O
 for bids. Events await the store's group commit, because a 200 on an event means it is durable.
 Bidder requests ignore unknown fields (exchanges add fields over time); events must all be valid or none count.
+Money fields take an integral float as that integer (5.0 is 5: JSON has one number type), never 5.5, "5" or true.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
+import msgspec.inspect
 
 from pacer.api.errors import ApiError, from_msgspec
 from pacer.auctionlog import LOSS, WIN, AuctionLogWriter
@@ -68,6 +70,36 @@ _bid = msgspec.json.Decoder(BidRequest)
 _bids = msgspec.json.Decoder(BidsRequest)
 _events = msgspec.json.Decoder(EventsRequest)
 _encode = msgspec.json.Encoder().encode
+_WHOLE = "Expected `int`, got `float`"
+T = TypeVar("T")
+
+
+def _integral(value: Any, kind: msgspec.inspect.Type) -> Any:
+    """`value` (plain JSON) with each integral float where `kind` has an int made that int."""
+    if isinstance(kind, msgspec.inspect.IntType):
+        return int(value) if type(value) is float and value.is_integer() else value
+    if isinstance(kind, msgspec.inspect.ListType) and type(value) is list:
+        return [_integral(v, kind.item_type) for v in value]
+    if isinstance(kind, msgspec.inspect.UnionType) and type(value) is dict:  # tagged: Win | Loss
+        for option in kind.types:
+            if isinstance(option, msgspec.inspect.StructType) and value.get(option.tag_field) == option.tag:
+                return _integral(value, option)
+    if isinstance(kind, msgspec.inspect.StructType) and type(value) is dict:
+        return {**value, **{f.encode_name: _integral(value[f.encode_name], f.type) for f in kind.fields
+                            if f.encode_name in value}}
+    return value
+
+
+def _redecode(exc: msgspec.DecodeError, body: bytes, cls: type[T]) -> T:
+    """After the typed decode refused the body: 5.0 is the integer 5 (JSON does not tell them apart and JSON Schema's
+    `integer` admits it), so where an int field got an integral float, decode again with those made ints. Only
+    such bodies pay for the second decode; the hot path is the typed decode alone. Else the 4xx naming the field."""
+    if not (isinstance(exc, msgspec.ValidationError) and str(exc).startswith(_WHOLE)):
+        raise from_msgspec(exc) from None
+    try:
+        return msgspec.convert(_integral(msgspec.json.decode(body), msgspec.inspect.type_info(cls)), cls)
+    except msgspec.DecodeError as again:  # ValidationError is one: 5.5, or another field wrong
+        raise from_msgspec(again) from None
 
 
 def _decide(engine: Engine, r: BidRequest, log: AuctionLogWriter | None, now: float) -> Decision:
@@ -83,7 +115,7 @@ def bid(engine: Engine, body: bytes, log: AuctionLogWriter | None = None) -> byt
     try:
         request = _bid.decode(body)
     except msgspec.DecodeError as exc:
-        raise from_msgspec(exc) from None
+        request = _redecode(exc, body, BidRequest)
     return _encode(_decide(engine, request, log, engine.clock()))
 
 
@@ -91,7 +123,7 @@ def bids(engine: Engine, body: bytes, log: AuctionLogWriter | None = None) -> by
     try:
         batch = _bids.decode(body)
     except msgspec.DecodeError as exc:
-        raise from_msgspec(exc) from None
+        batch = _redecode(exc, body, BidsRequest)
     now = engine.clock()
     return _encode(Decisions([_decide(engine, r, log, now) for r in batch.requests]))
 
@@ -101,7 +133,7 @@ async def events(engine: Engine, store: Store, body: bytes, log: AuctionLogWrite
     try:
         batch = _events.decode(body)
     except msgspec.DecodeError as exc:
-        raise from_msgspec(exc) from None
+        batch = _redecode(exc, body, EventsRequest)
     now = engine.clock()
     wins = [e for e in batch.events if isinstance(e, Win)]
     records = [WinRecord(w.bidder_id, w.auction_id, w.price_micros, engine.period_key(w.bidder_id), now) for w in wins]

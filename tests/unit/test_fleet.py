@@ -71,3 +71,49 @@ async def test_grants_while_a_sync_is_in_flight_stay_within_the_floor_asked_for(
         assert ledger.spent + ledger.reserved <= ledger.limit <= BUDGET
     finally:
         await store.close()
+
+
+async def test_operator_writes_on_two_instances_never_undo_each_other(
+        redis_server: RedisServer, tmp_path: Path) -> None:
+    """Issue 12: each instance read-modify-wrote the config it knew; a budget change on one instance undid a pause
+    made on another since its last sync, and could resurrect a bidder deleted there. Redis now checks the version
+    each write was based on; the loser re-reads the bidder and applies its change to what is current."""
+    from dataclasses import replace
+
+    import pytest
+
+    from pacer.service import BidderNotFound, Service
+
+    clock = ManualClock(time.time())
+    services: list[Service] = []
+    for name in ("a", "b"):
+        store = RedisStore.from_url(redis_server.url, tmp_path / name)
+        await store.open()
+        engine = Engine(clock, EngineParams(tick_s=0.1), TrafficCurve.flat(), leased=True)
+        services.append(Service(engine, store, 0.1, 0.25, 86400.0))
+    a, b = services
+    try:
+        config = BidderConfig(budget_micros=BUDGET, period=Flight(clock.now - 60, clock.now + 3600), pacing="even")
+        assert await a.update("b1", lambda _: config)
+        await load_bidders(b.engine, b.store, await b.store.load_bidders(), b.versions)
+        await a.update("b1", lambda old: replace(old, paused=True))  # b has not synced since
+        await b.update("b1", lambda old: replace(old, budget_micros=2 * BUDGET))
+        for service in (a, b):
+            (stored,) = await service.store.load_configs(["b1"])
+            assert stored is not None and stored.config["paused"] is True
+            assert stored.config["budget_micros"] == 2 * BUDGET
+        assert b.engine.bidders["b1"].config.paused, "b applied its change to the current config"
+        await a.delete("b1")
+        def patch(old: BidderConfig | None) -> BidderConfig:  # as PATCH does: the bidder must exist
+            if old is None:
+                raise BidderNotFound("b1")
+            return replace(old, budget_micros=3 * BUDGET)
+
+        assert "b1" in b.engine.bidders, "b runs b1 until its next sync"
+        with pytest.raises(BidderNotFound):
+            await b.update("b1", patch)
+        assert await b.store.load_configs(["b1"]) == [None], "not resurrected"
+        assert "b1" not in b.engine.bidders
+    finally:
+        for service in services:
+            await service.store.close()
