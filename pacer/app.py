@@ -24,11 +24,13 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Res
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
+from starlette.types import Scope as StarletteScope
 
 from pacer import __version__
 from pacer.api import bidder
 from pacer.api.auth import TokenError, bearer_matches, bidder_token, operator_token
-from pacer.api.errors import ApiError
+from pacer.api.errors import ERROR, ApiError, responses
 from pacer.api.operator import router as operator_router
 from pacer.auctionlog import AuctionLogWriter
 from pacer.clock import wall_clock
@@ -136,13 +138,16 @@ def build_fastapi(service: Service, settings: Settings, token: str) -> FastAPI:
         return _error(ApiError(422, "validation_error", message, field))
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         # FastAPI's only 400 is a body it could not parse (e.g. not UTF-8): the same error as invalid JSON.
         codes = {400: "invalid_json", 404: "not_found", 405: "method_not_allowed", 401: "unauthorized",
                  403: "unauthorized"}
         message = "body is not valid JSON" if exc.status_code == 400 else str(exc.detail)
         response = _error(ApiError(exc.status_code, codes.get(exc.status_code, "http_error"), message))
         response.headers.update(exc.headers or {})
+        if exc.status_code == 405:
+            # Starlette names the methods of the first route on the path only (FastAPI makes one per method).
+            response.headers["Allow"] = ", ".join(_methods(app, request.scope))
         return response
 
     @app.get("/healthz", tags=["ops"])
@@ -150,7 +155,11 @@ def build_fastapi(service: Service, settings: Settings, token: str) -> FastAPI:
         """The process is alive and serving."""
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["ops"], responses={503: {"description": "not ready: `stale` and `store` say why"}})
+    readiness = {"application/json": {"schema": {"$ref": "#/components/schemas/Readiness"}}}
+
+    @app.get("/readyz", tags=["ops"], responses={200: {"content": readiness},
+                                                 503: {"description": "not ready: `stale` and `store` say why",
+                                                       "content": readiness}})
     async def readyz() -> JSONResponse:
         """Ready to take traffic: the store answers and accepted its last write (every sync writes, so a disk that
         filled up shows within one), a sync reached it within max(2 s, 2 sync intervals), and the pacing tick ran
@@ -182,7 +191,7 @@ def build_fastapi(service: Service, settings: Settings, token: str) -> FastAPI:
         """Prometheus text format."""
         return PlainTextResponse(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
-    _document_bidder_routes(app)
+    _document_bidder_routes(app, bidder_auth=settings.bidder_token is not None)
     _serve_docs(app)
     return app
 
@@ -214,17 +223,45 @@ def _serve_docs(app: FastAPI) -> None:
         return Response((assets / name).read_bytes(), media_type=media, headers={"Cache-Control": "max-age=86400"})
 
 
-def _document_bidder_routes(app: FastAPI) -> None:
-    """Add the raw bidder routes to /openapi.json from the msgspec structs that decode them."""
-    refs, components = bidder.schemas()
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
-    def route(summary: str, request: str, response: str, doc: str) -> dict[str, object]:
-        err = {"description": "invalid body; `error.field` names the field"}
+
+def _methods(app: FastAPI, scope: StarletteScope) -> list[str]:
+    """Every method some route takes on this path (RFC 9110: a 405's Allow lists all the resource supports), asked
+    of the router itself, the included routers' routes too."""
+    return [method for method in _METHODS
+            if any(route.matches({**scope, "method": method})[0] == Match.FULL for route in app.router.routes)]
+
+
+_READINESS = {
+    "title": "Readiness", "type": "object", "required": ["status", "store", "stale", "bidders", "traffic_curve"],
+    "properties": {
+        "status": {"enum": ["ready", "not_ready", "degraded"]},
+        "store": {"type": "boolean", "description": "the store answers"},
+        "stale": {"type": "object", "additionalProperties": {"type": "string"},
+                  "description": "each part that failed (tick, sync, store_write) and why; empty when ready"},
+        "bidders": {"type": "integer", "minimum": 0},
+        "traffic_curve": {"type": "string"},
+        "auction_log": {"type": "object", "description": "with PACER_LOG_URL: whether rows are being written"},
+        "fleet": {"type": "object", "description": "with a Redis store: sync age, leases, bidders whose spend it lost"},
+    },
+}
+
+
+def _document_bidder_routes(app: FastAPI, bidder_auth: bool) -> None:
+    """Add the raw bidder routes to /openapi.json from the msgspec structs that decode them, with every status the
+    dispatcher (PacerApp) and the handlers answer; the shared components (Error, Readiness) too."""
+    refs, components = bidder.schemas()
+    errors = responses(400, (401, "`unauthorized`: missing or wrong bearer token (only when PACER_BIDDER_TOKEN is "
+                                  "set)"), 413, 415, 422)
+    security: dict[str, object] = {"security": [{"BidderBearer": []}]} if bidder_auth else {}
+
+    def route(summary: str, request: str, response: str, doc: str, *more: int) -> dict[str, object]:
         return {"post": {
-            "tags": ["bidder"], "summary": summary, "description": doc,
+            "tags": ["bidder"], "summary": summary, "description": doc, **security,
             "requestBody": {"required": True, "content": {"application/json": {"schema": refs[request]}}},
             "responses": {"200": {"description": "OK", "content": {"application/json": {"schema": refs[response]}}},
-                          "400": {"description": "body is not JSON"}, "422": err},
+                          **{str(status): body for status, body in {**errors, **responses(*more)}.items()}},
         }}
 
     paths = {
@@ -233,14 +270,18 @@ def _document_bidder_routes(app: FastAPI) -> None:
         "/v1/bids": route("Decide up to 1000 bids", "BidsRequest", "Decisions", "Decisions in request order."),
         "/v1/events": route("Report wins and losses", "EventsRequest", "EventsResponse",
                             "1..1000 events; all valid or none counted. 200 means durable; a win counts once. "
-                            "503 if the store cannot record them: retry."),
+                            "503 if the store cannot record them: retry.", 503),
     }
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = FastAPI.openapi(app)
             schema["paths"] = {**paths, **schema["paths"]}
-            schema.setdefault("components", {}).setdefault("schemas", {}).update(components)
+            parts = schema.setdefault("components", {})
+            parts.setdefault("schemas", {}).update({**components, "Error": ERROR, "Readiness": _READINESS})
+            if bidder_auth:
+                parts.setdefault("securitySchemes", {})["BidderBearer"] = {
+                    "type": "http", "scheme": "bearer", "description": "PACER_BIDDER_TOKEN"}
             app.openapi_schema = schema
         return app.openapi_schema
 

@@ -49,15 +49,15 @@ class Settings(BaseSettings):
     log_level: str = "info"
     # Any request body above this is refused (413) before it is read further: 1,000 events of ~200 bytes take a
     # fifth of it; an operator body is a few hundred bytes.
-    max_body_bytes: int = Field(1024 * 1024, ge=1024, le=64 * 1024 * 1024)
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024, le=64 * 1024 * 1024)
     # Connection guards (pacer/connections.py), per process. A request head (request line and headers) must arrive
     # within header_timeout_s of its first byte and be at most max_header_bytes (else 408 / 431, and closed).
     header_timeout_s: float = Field(default=10.0, gt=0, le=3600)
     max_header_bytes: int = Field(default=65536, ge=1024, le=16 * 1024 * 1024)
     # Open connections beyond this get a 503 and are closed at once. 10,000 is far above what bidders keep open
-    # (exchanges pool tens to hundreds of keep-alive connections per instance) and costs ~0.1 GB at worst, yet
-    # stays under common open-file limits (pacer raises the soft limit toward the hard one to fit it), so a flood of
-    # idle connections meets 503s instead of EMFILE failing every accept.
+    # (exchanges pool tens to hundreds of keep-alive connections per instance), costs ~0.1 GB at most (~10 kB per
+    # idle connection) and fits common hard open-file limits (pacer raises the soft limit to it plus 1,024), so a
+    # flood of idle connections meets 503s instead of EMFILE failing every accept, for everyone.
     max_connections: int = Field(default=10_000, ge=1)
     # Idle connections (never used ones too) are closed after this many seconds (uvicorn's timeout_keep_alive).
     # Behind a load balancer keep it above the balancer's idle timeout.

@@ -11,22 +11,27 @@ streamed a header); ~20,000 silent connections used up the descriptors. `Guarded
 - a deadline on the request head, from its first byte: a head not complete within `PACER_HEADER_TIMEOUT_S` is
   answered 408 and the connection closed;
 - the idle (keep-alive) timer from the moment a connection is made, not only after its first response, so a
-  never-used connection is closed after uvicorn's `timeout_keep_alive` too;
+  never-used connection is closed after `PACER_KEEP_ALIVE_S` (uvicorn's `timeout_keep_alive`) too;
 - a cap of `PACER_MAX_CONNECTIONS` open connections per process: the ones beyond are answered 503 at once and
-  closed, so their descriptors are freed.
+  closed, so their descriptors are freed (`raise_fd_limit` makes room for the cap at start).
 
-The answers use pacer's error shape (`pacer.api.errors`), are sent only where no earlier response on the
-connection is still being written (else the connection is just closed), and close the connection. A connection
-that does not read what it is sent is aborted `CLOSE_GRACE_S` after it was closed, so a closed connection frees
-its descriptor even then.
+The answers use pacer's error shape (`pacer.api.errors`, with `connection: close`) and are sent only where no
+earlier response on the connection is still being written (else the connection is just closed). After an answer
+the connection lingers: a FIN follows the answer and what the peer still sends is read and dropped, for at most
+CLOSE_GRACE_S or until the peer closes; closing with unread bytes would make the kernel send a reset, which can
+destroy the answer before the peer reads it. A closed connection whose peer takes nothing is aborted after
+CLOSE_GRACE_S more, so every refused or idle connection frees its descriptor within a bounded time.
 
-Cost on the hot path: a request read in one piece costs a few attribute checks more than uvicorn's own protocol
-(no timer is armed for a head that completes in the read it began in). The limits come from the PACER_*
-environment once per process (`uvicorn --workers N` spawns processes that import this class by name).
+Cost on the hot path: a request read in one piece goes through three small Python overrides (data_received,
+on_headers_complete, on_message_complete; about 0.5 us in all, against ~8 us for uvicorn's own handling of it)
+and arms no timer (the header deadline is armed only for a head still incomplete after the read it began in).
+The limits come from the PACER_* environment once per process (`uvicorn --workers N` spawns processes that
+import this class by name).
 
-A head that begins in the same read as the end of the message before it (HTTP pipelining) is counted from the
-next read on: for such a head the parser may hold up to one read (uvloop reads at most 250 kB) beyond the limit,
-still bounded.
+A head that begins in the same read as the end of the message before it (HTTP pipelining) is counted, and its
+deadline started, from the next read on: for such a head the parser may hold up to one read (uvloop reads at
+most 250 kB) beyond the limit, and until the next read only the keep-alive timer (armed once the response before
+it is sent) bounds its wait; both still bounded.
 """
 
 from __future__ import annotations

@@ -1,7 +1,11 @@
 """operator.py: the operator API (/v1/bidders...): budgets, periods, pacing mode, pause/resume, status.
 
 Every route needs `Authorization: Bearer <PACER_OPERATOR_TOKEN>` (constant-time compare). Bodies reject
-unknown fields: a typo like `budjet_micros` must fail loudly, not be ignored. Not on the hot path.
+unknown fields: a typo like `budjet_micros` must fail loudly, not be ignored. Money fields take an integral float
+as that integer (5.0 is 5: JSON has one number type), never 5.5, "5" or true. Not on the hot path.
+
+Every status a route answers with is in its `responses` (the error ones with the one Error body, errors.py), so
+/openapi.json says what the service does; tests/e2e/test_api_schema.py holds the running service to it.
 """
 
 from __future__ import annotations
@@ -9,40 +13,73 @@ from __future__ import annotations
 import base64
 import binascii
 from dataclasses import replace
-from typing import Annotated, Literal
+from functools import cache
+from typing import Annotated, Any, Literal
+from zoneinfo import available_timezones
 
 import numpy as np
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.security import HTTPBearer
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic.config import JsonDict
 
 from pacer.api.bidder import MAX_MICROS
-from pacer.api.errors import ApiError
+from pacer.api.errors import ApiError, responses
 from pacer.engine import BidderConfig, Engine
 from pacer.periods import PeriodError, parse_period, period_to_json, rfc3339
 from pacer.service import ANY_VERSION, BidderNotFound, Service
 
 MAX_BUDGET = 10**15  # $1B in micros: beyond any real budget, far from int64 overflow
 Pacing = Literal["asap", "even", "frontload", "traffic"]
+# Documented, not validated here: parse_period checks them (and names the field in its error). An instant is
+# RFC 3339 in the years 2000..2200 (periods.py).
+INSTANT: JsonDict = {"format": "date-time", "pattern": "^(2[01][0-9]{2}|2200)-"}
+DATE_TIME: JsonDict = {"format": "date-time"}
+
+
+@cache
+def _zones() -> list[str]:
+    return sorted(available_timezones())
+
+
+def _iana_zone(schema: dict[str, Any]) -> None:
+    schema["enum"] = _zones()  # exactly the names this process can load (the OS's zones, else tzdata's)
+
+
+def _whole(value: object) -> object:
+    """An integral float is that integer (5.0 -> 5): JSON does not tell them apart, and JSON Schema's `integer`
+    admits 5.0. Anything else goes on to the strict int, which refuses 5.5, "5" and true."""
+    return int(value) if type(value) is float and value.is_integer() else value
+
+
+def _not_null(schema: dict[str, Any]) -> None:
+    """PATCH fields may be left out, but not set to null (422): document the value's schema alone."""
+    (value,) = [option for option in schema.pop("anyOf") if option != {"type": "null"}]
+    schema.update(value)
+    schema.pop("default", None)
 
 
 class FlightIn(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     type: Literal["flight"]
-    start: str = Field(description="RFC 3339 with offset, e.g. 2026-11-24T00:00:00Z")
-    end: str = Field(description="RFC 3339 with offset; after start")
-    timezone: str = Field("UTC", description="IANA zone whose local day shapes `traffic` pacing")
+    start: str = Field(description="RFC 3339 with offset, e.g. 2026-11-24T00:00:00Z; years 2000..2200",
+                       json_schema_extra=INSTANT)
+    end: str = Field(description="RFC 3339 with offset; after start", json_schema_extra=INSTANT)
+    timezone: str = Field("UTC", description="IANA zone whose local day shapes `traffic` pacing",
+                          json_schema_extra=_iana_zone)
 
 
 class DailyIn(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     type: Literal["daily"]
-    timezone: str = Field(description="IANA zone; the budget renews at each local midnight (DST-correct)")
+    timezone: str = Field(description="IANA zone; the budget renews at each local midnight (DST-correct)",
+                          json_schema_extra=_iana_zone)
 
 
 PeriodIn = Annotated[FlightIn | DailyIn, Field(discriminator="type")]
-BudgetMicros = Annotated[int, Field(gt=0, le=MAX_BUDGET)]
-BidCap = Annotated[int, Field(gt=0, le=MAX_MICROS)]
+Whole = BeforeValidator(_whole)  # after the bounds: the bounds then stay the int's, in the JSON Schema too
+BudgetMicros = Annotated[int, Field(gt=0, le=MAX_BUDGET), Whole]
+BidCap = Annotated[int, Field(gt=0, le=MAX_MICROS), Whole]
 
 
 class BidderIn(BaseModel):
@@ -55,15 +92,15 @@ class BidderIn(BaseModel):
 
 class BidderPatch(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
-    budget_micros: BudgetMicros | None = None
-    period: PeriodIn | None = None
-    pacing: Pacing | None = None
+    budget_micros: BudgetMicros | None = Field(None, json_schema_extra=_not_null)
+    period: PeriodIn | None = Field(None, json_schema_extra=_not_null)
+    pacing: Pacing | None = Field(None, json_schema_extra=_not_null)
     max_bid_micros: BidCap | None = Field(None, description="null removes the cap")
 
 
 class RestoreIn(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
-    spent_micros: int = Field(
+    spent_micros: Annotated[int, Whole] = Field(
         ge=0, le=MAX_BUDGET,
         description="spend of the current period already settled, e.g. the exchange's figure, or the spent_micros "
         "status showed before the loss. Wins still waiting in instances' journals are added when they sync.")
@@ -73,7 +110,7 @@ class ModelStatus(BaseModel):
     source: Literal["prior", "fitted"] = Field(description="the traffic curve paced by: the shipped prior until "
                                                "a refit publishes one for this bidder")
     version: int = Field(description="version of the fitted model in use (0: none)")
-    fitted_at: str | None = None
+    fitted_at: str | None = Field(None, json_schema_extra=DATE_TIME)
     rows: int | None = Field(None, description="auction-log rows the model was fitted on")
     landscape: bool = Field(False, description="the model has a bid landscape (feed-forward bid multiplier)")
     fit_error: dict[str, float | None] | None = None
@@ -91,9 +128,10 @@ class BidderStatus(BaseModel):
     reserved_micros: int
     remaining_micros: int
     target_spent_micros: int = Field(description="where the pacing curve says spend should be now")
-    period: dict[str, str]
-    period_start: str
-    period_end: str
+    period: dict[str, str] = Field(description="as set: {type: flight, start, end, timezone} or {type: daily, "
+                                   "timezone}")
+    period_start: str = Field(json_schema_extra=DATE_TIME)
+    period_end: str = Field(json_schema_extra=DATE_TIME)
     pacing: Pacing
     max_bid_micros: int | None
     throttle: float = Field(ge=0, le=1, description="probability of taking part in an auction")
@@ -111,8 +149,8 @@ class Landscape(BaseModel):
 class CurveOut(BaseModel):
     bidder_id: str
     pacing: Pacing
-    period_start: str
-    period_end: str
+    period_start: str = Field(json_schema_extra=DATE_TIME)
+    period_end: str = Field(json_schema_extra=DATE_TIME)
     target: dict[str, list[float] | list[str]] = Field(
         description="`t` (RFC 3339, at most 289 points over the current period) and `spent_share`: the share of "
         "the budget the pacing curve plans spent by each t")
@@ -180,6 +218,20 @@ def _if_match(request: Request) -> int | None:
     return int(digits) if digits.isdigit() and len(digits) < 19 else -2  # -2: no version has it
 
 
+# In the API document: the ETag answers carry and the If-Match a change may send (read by _if_match).
+_ETAG = {"ETag": {"description": 'the configuration version, e.g. "3": send it back in If-Match to change only '
+                  "that version", "schema": {"type": "string", "pattern": '^"[0-9]+"$'}}}
+_IF_MATCH = {"parameters": [{
+    "name": "If-Match", "in": "header", "required": False,
+    "schema": {"type": "string", "pattern": '^(\\*|(W/)?"[0-9]{1,18}")$'},
+    "description": 'change only this version: an ETag this API sent ("3", or W/"3"), or * for any version of a '
+                   "bidder that exists. Otherwise 412 and nothing changes, for any other value too"}]}
+_OK: dict[int | str, dict[str, Any]] = {200: {"headers": _ETAG}}
+_ID_SLASH = (404, "`not_found`: a bidder id with '/' in it (sent as %2F)")
+_NOT_RESTORABLE = (409, "`not_shared`: the store is not shared (Redis), so it never loses state; `not_lost`: this "
+                        "bidder's state is intact (spend is never reset by hand)")
+
+
 def _answer(service: Service, bidder_id: str, response: Response) -> BidderStatus:
     """The bidder's status, with its version as the ETag (send it back in If-Match to update only that version)."""
     status = _status(service.engine, bidder_id)
@@ -189,7 +241,9 @@ def _answer(service: Service, bidder_id: str, response: Response) -> BidderStatu
     return status
 
 
-@router.put("/{bidder_id}", response_model=BidderStatus, responses={201: {"model": BidderStatus}})
+@router.put("/{bidder_id}", response_model=BidderStatus, openapi_extra=_IF_MATCH,
+            responses={**_OK, 201: {"model": BidderStatus, "description": "Created", "headers": _ETAG},
+                       **responses(400, 401, _ID_SLASH, 409, 412, 413, 422, 503)})
 async def put_bidder(bidder_id: BidderId, body: BidderIn, service: ServiceDep, request: Request,
                      response: Response) -> BidderStatus:
     """Create (201) or replace (200) a bidder. Spend already recorded in the same period is kept; a paused bidder
@@ -206,7 +260,8 @@ async def put_bidder(bidder_id: BidderId, body: BidderIn, service: ServiceDep, r
     return _answer(service, bidder_id, response)
 
 
-@router.patch("/{bidder_id}", response_model=BidderStatus)
+@router.patch("/{bidder_id}", response_model=BidderStatus, openapi_extra=_IF_MATCH,
+              responses={**_OK, **responses(400, 401, 404, 409, 412, 413, 422, 503)})
 async def patch_bidder(bidder_id: BidderId, body: BidderPatch, service: ServiceDep, request: Request,
                        response: Response) -> BidderStatus:
     """Change any of the fields; a budget raised or lowered mid-period re-plans the rest of it. The change applies
@@ -223,13 +278,13 @@ async def patch_bidder(bidder_id: BidderId, body: BidderPatch, service: ServiceD
     return _answer(service, bidder_id, response)
 
 
-@router.get("/{bidder_id}", response_model=BidderStatus)
+@router.get("/{bidder_id}", response_model=BidderStatus, responses={**_OK, **responses(401, 404, 422)})
 async def get_bidder(bidder_id: BidderId, service: ServiceDep, response: Response) -> BidderStatus:
     """The bidder's status; its `ETag` is the configuration version."""
     return _answer(service, bidder_id, response)
 
 
-@router.get("/{bidder_id}/curve", response_model=CurveOut)
+@router.get("/{bidder_id}/curve", response_model=CurveOut, responses=responses(401, 404, 422))
 async def get_curve(bidder_id: BidderId, service: ServiceDep) -> CurveOut:
     """What the pacer believes about this bidder: the target spend curve over its current period, the traffic
     curve it follows (fitted, or the prior), and the bid landscape that sets its feed-forward multiplier."""
@@ -254,11 +309,12 @@ async def get_curve(bidder_id: BidderId, service: ServiceDep) -> CurveOut:
     )
 
 
-@router.get("", response_model=BidderList)
+@router.get("", response_model=BidderList, responses=responses(401, 422))
 async def list_bidders(
     service: ServiceDep,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    cursor: Annotated[str | None, Query(max_length=400)] = None,
+    cursor: Annotated[str | None, Query(max_length=400, description="`next` of the page before; any other value "
+                                        "is refused (422)")] = None,
 ) -> BidderList:
     """Bidders in id order, a page at a time; pass `next` back as `cursor`."""
     after = ""
@@ -276,7 +332,8 @@ async def list_bidders(
     return BidderList(bidders=[_status(service.engine, i) for i in page], next=token)
 
 
-@router.post("/{bidder_id}/pause", response_model=BidderStatus)
+@router.post("/{bidder_id}/pause", response_model=BidderStatus, openapi_extra=_IF_MATCH,
+             responses={**_OK, **responses(401, 404, 409, 412, 422, 503)})
 async def pause_bidder(bidder_id: BidderId, service: ServiceDep, request: Request,
                        response: Response) -> BidderStatus:
     """Stop granting bids at once; reservations already granted still settle."""
@@ -284,7 +341,8 @@ async def pause_bidder(bidder_id: BidderId, service: ServiceDep, request: Reques
     return _answer(service, bidder_id, response)
 
 
-@router.post("/{bidder_id}/resume", response_model=BidderStatus)
+@router.post("/{bidder_id}/resume", response_model=BidderStatus, openapi_extra=_IF_MATCH,
+             responses={**_OK, **responses(401, 404, 409, 412, 422, 503)})
 async def resume_bidder(bidder_id: BidderId, service: ServiceDep, request: Request,
                         response: Response) -> BidderStatus:
     await service.update(bidder_id, lambda old: replace(_existing(old), paused=False), _if_match(request))
@@ -292,7 +350,7 @@ async def resume_bidder(bidder_id: BidderId, service: ServiceDep, request: Reque
 
 
 @router.post("/{bidder_id}/restore", response_model=BidderStatus,
-             responses={409: {"description": "the bidder's state was not lost (or the store is not shared)"}})
+             responses={**_OK, **responses(400, 401, 404, _NOT_RESTORABLE, 413, 422, 503)})
 async def restore_bidder(bidder_id: BidderId, body: RestoreIn, service: ServiceDep,
                          response: Response) -> BidderStatus:
     """After the fleet store lost a bidder's state (state `store_lost`): write it back with the spend you state,
@@ -308,7 +366,8 @@ async def restore_bidder(bidder_id: BidderId, body: RestoreIn, service: ServiceD
     return _answer(service, bidder_id, response)
 
 
-@router.delete("/{bidder_id}", status_code=204, response_class=Response)
+@router.delete("/{bidder_id}", status_code=204, response_class=Response, openapi_extra=_IF_MATCH,
+               responses=responses(401, 404, 412, 422, 503))
 async def delete_bidder(bidder_id: BidderId, service: ServiceDep, request: Request) -> Response:
     """Remove the bidder. Its recorded spend stays: re-creating it in the same period continues from it. With
     `If-Match`: that version only."""
