@@ -506,6 +506,7 @@ def main() -> int:
     parser.add_argument("--budget", type=float, default=BUDGET_S, help="seconds of HTTP rounds before stopping")
     parser.add_argument("--only", default="", help="comma-separated targets (e.g. a,b), default all")
     parser.add_argument("--no-fleet", action="store_true", help="skip fleet_scale.py")
+    parser.add_argument("--no-attack", action="store_true", help="skip attack.py (bid latency under attack)")
     parser.add_argument("--profile", action="store_true",
                         help="also profile pacer (b) under load with py-spy (pip install py-spy): <out>/profile-b.txt")
     args = parser.parse_args()
@@ -635,10 +636,20 @@ def main() -> int:
                 fleet = json.loads(out.stdout.strip().splitlines()[-1])
             else:
                 fleet = {"lines": [f"fleet_scale.py failed: {out.stderr.strip()[-500:]}"]}
+    attack = ""
+    if not args.no_attack:
+        wait_quiet()
+        print("connection attack ...", flush=True)
+        out = subprocess.run([sys.executable, str(HERE / "attack.py"), "--seconds", "5", "--unguarded"],
+                             capture_output=True, text=True, timeout=600, cwd=REPO)
+        table = out.stdout.strip().split("\n\n", 1)[-1] if out.returncode == 0 else out.stderr.strip()[-500:]
+        attack = ("\n\nBid latency while one client streams an endless header and 1,000 hold silent connections, "
+                  "with pacer's connection guards and on uvicorn's plain protocol (`loadtest/attack.py`):\n\n"
+                  + table + "\n")
     meta: dict[str, Any] = {"date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "cpu": cpu_model(),
                                "seconds": args.seconds, "rounds": rounds, "stopped": stopped,
                                "wall_s": round(time.monotonic() - started)}
-    text = report(targets, runs, ratios, openloops, notes, fleet, meta)
+    text = report(targets, runs, ratios, openloops, notes, fleet, meta) + attack
     (args.out / "bench.md").write_text(text)
     (args.out / "bench.json").write_text(json.dumps({
         "meta": meta, "medians": {k: {"rate": median(v, "rate"), "decisions": median(v), "p50_us": median(
