@@ -311,7 +311,7 @@ async def test_patch_empty_body_changes_nothing(client: httpx.AsyncClient) -> No
         ({"max_bid_micros": -1}, "max_bid_micros"),
         ({"budjet_micros": 5}, "budjet_micros"),
         ({"period": {"type": "daily", "timezone": "UTC", "x": 1}}, "period.x"),
-        ({"period": flight(3600, 60)}, "period.end"),
+        ({"period": {"type": "flight", "start": "2030-01-02T00:00:00Z", "end": "2030-01-01T00:00:00Z"}}, "period.end"),
         ({"period": {"type": "daily", "timezone": "Nowhere/City"}}, "period.timezone"),
     ],
     ids=repr,
