@@ -8,7 +8,6 @@ Money fields take an integral float as that integer (5.0 is 5: JSON has one numb
 
 from __future__ import annotations
 
-from functools import cache
 from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
@@ -91,9 +90,7 @@ def _integral(value: Any, kind: msgspec.inspect.Type) -> Any:
     return value
 
 
-@cache
-def _type_info(cls: type) -> msgspec.inspect.Type:
-    return msgspec.inspect.type_info(cls)  # ~100 us: once per type
+_TYPES: dict[type, msgspec.inspect.Type] = {}  # msgspec.inspect.type_info takes ~100 us: once per type
 
 
 def _redecode(exc: msgspec.DecodeError, body: bytes, cls: type[T]) -> T:
@@ -103,7 +100,8 @@ def _redecode(exc: msgspec.DecodeError, body: bytes, cls: type[T]) -> T:
     if not (isinstance(exc, msgspec.ValidationError) and str(exc).startswith(_WHOLE)):
         raise from_msgspec(exc) from None
     try:
-        return msgspec.convert(_integral(msgspec.json.decode(body), _type_info(cls)), cls)
+        kind = _TYPES.get(cls) or _TYPES.setdefault(cls, msgspec.inspect.type_info(cls))
+        return msgspec.convert(_integral(msgspec.json.decode(body), kind), cls)
     except msgspec.DecodeError as again:  # ValidationError is one: 5.5, or another field wrong
         raise from_msgspec(again) from None
 
