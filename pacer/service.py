@@ -278,6 +278,7 @@ class Service:
                 if self.fleet is not None:
                     async with self._lock:  # operator writes and config changes from the fleet apply in order
                         await self.fleet.sync()
+                    await self.store.save_reserved({})  # the journal's write probe (readiness)
                 else:
                     await self._snapshot()
                 self.synced_at = time.monotonic()

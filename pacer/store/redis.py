@@ -249,7 +249,10 @@ class RedisStore:
         return {key: int(v or 0) for key, v in zip(keys, values, strict=True)}
 
     async def save_reserved(self, reserved: dict[str, tuple[int, float]]) -> None:
-        """Nothing to do: a dead instance's reservations stay covered by its lease in Redis until it expires."""
+        """No snapshot is needed (a dead instance's reservations stay covered by its lease in Redis until it
+        expires), but the journal takes the write: events are made durable there, so its disk must be seen to
+        fill up, and to work again, without waiting for the next event."""
+        await self._journal_store().save_reserved({})
 
     async def load_reserved(self) -> dict[str, tuple[int, float]]:
         return {}

@@ -415,3 +415,24 @@ async def test_overspend_bound_is_the_leases_of_instances_that_died_unsynced(tmp
         await back.close()
     spent = int(state(redis_server)[f"s:{PERIOD}"])
     assert spent - budget == sum(held) <= len(dead) * lease, "overspend is exactly the bound in its worst case"
+
+
+async def test_a_journal_that_cannot_write_is_seen_and_so_is_its_recovery(open_store: Opener) -> None:
+    """Readiness reads `write_error`: the journal takes events, so a full journal disk must show, and the sync's
+    probe write (save_reserved) must clear it once writes work again, with no event needed."""
+    import sqlite3
+
+    store = await open_store("a")
+    journal = store._journal_store()
+
+    def deny(action: int, *_: object) -> int:
+        writes = (sqlite3.SQLITE_INSERT, sqlite3.SQLITE_UPDATE, sqlite3.SQLITE_DELETE)
+        return sqlite3.SQLITE_DENY if action in writes else sqlite3.SQLITE_OK
+
+    await journal._on_thread(lambda: journal._db().set_authorizer(deny))
+    with pytest.raises(StoreError):
+        await store.record_wins([win("x", 100)])
+    assert store.write_error is not None
+    await journal._on_thread(lambda: journal._db().set_authorizer(None))
+    await store.save_reserved({})
+    assert store.write_error is None
