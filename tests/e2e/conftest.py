@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import signal
@@ -142,15 +143,22 @@ class PacerServer:
         return int(row[0])
 
 
-@pytest.fixture
-async def pacer_server(tmp_path: Path) -> AsyncIterator[PacerServer]:
-    server = PacerServer(tmp_path)
+@contextlib.asynccontextmanager
+async def serving(tmp_path: Path, **env: str) -> AsyncIterator[PacerServer]:
+    """A ready `pacer serve` in tmp_path with these PACER_* overrides, stopped afterwards."""
+    server = PacerServer(tmp_path, env=env)
     server.start()
     try:
         await server.wait_ready()
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+async def pacer_server(tmp_path: Path) -> AsyncIterator[PacerServer]:
+    async with serving(tmp_path) as server:
+        yield server
 
 
 @pytest.fixture

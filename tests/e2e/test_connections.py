@@ -12,13 +12,12 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import PacerServer
+from tests.e2e.conftest import PacerServer, serving
 
 pytestmark = pytest.mark.e2e
 
@@ -27,15 +26,6 @@ DEADLINE_S = 20.0  # no wait below takes longer than this, guard or no guard
 ATTACK_BYTES = 16 << 20  # an attacker stops sending after this much (without the guard it would never be cut off)
 
 
-@contextlib.asynccontextmanager
-async def serve(tmp_path: Path, **env: str) -> AsyncIterator[PacerServer]:
-    server = PacerServer(tmp_path, env=env)
-    server.start()
-    try:
-        await server.wait_ready()
-        yield server
-    finally:
-        server.stop()
 
 
 async def connect(server: PacerServer) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -150,7 +140,7 @@ async def stream_header(server: PacerServer) -> tuple[bytes, bool, int]:
 
 
 async def test_endless_header_line_gets_431_and_is_closed(tmp_path: Path) -> None:
-    async with serve(tmp_path) as server:
+    async with serving(tmp_path) as server:
         data, closed, _ = await stream_header(server)
         assert closed, "the server kept reading an endless header"
         assert_guard_answer(data, 431, "header_too_large")
@@ -177,7 +167,7 @@ async def test_endless_header_line_gets_431_and_is_closed(tmp_path: Path) -> Non
 
 
 async def test_trickled_head_gets_408_and_is_closed(tmp_path: Path) -> None:
-    async with serve(tmp_path, PACER_HEADER_TIMEOUT_S="1") as server:
+    async with serving(tmp_path, PACER_HEADER_TIMEOUT_S="1") as server:
         reader, writer = await connect(server)
         closed = asyncio.create_task(read_until_closed(reader))
         start = time.monotonic()
@@ -199,7 +189,7 @@ async def test_trickled_head_gets_408_and_is_closed(tmp_path: Path) -> None:
 
 
 async def test_never_used_connection_is_closed_after_keep_alive(tmp_path: Path) -> None:
-    async with serve(tmp_path, PACER_KEEP_ALIVE_S="1") as server:
+    async with serving(tmp_path, PACER_KEEP_ALIVE_S="1") as server:
         reader, writer = await connect(server)
         start = time.monotonic()
         data, closed = await read_until_closed(reader)
@@ -222,7 +212,7 @@ async def test_never_used_connection_is_closed_after_keep_alive(tmp_path: Path) 
 
 async def test_connections_beyond_the_cap_get_503(tmp_path: Path) -> None:
     cap = 20
-    async with serve(tmp_path, PACER_MAX_CONNECTIONS=str(cap), PACER_KEEP_ALIVE_S="60") as server:
+    async with serving(tmp_path, PACER_MAX_CONNECTIONS=str(cap), PACER_KEEP_ALIVE_S="60") as server:
         held: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
         refused = b""
         try:
@@ -265,7 +255,7 @@ async def test_connections_beyond_the_cap_get_503(tmp_path: Path) -> None:
 
 
 async def test_big_body_in_one_write_is_not_counted_as_head(tmp_path: Path) -> None:
-    async with serve(tmp_path) as server:
+    async with serving(tmp_path) as server:
         # 1000 bids of ~220 bytes: a 220 kB body, sent in one write with its head.
         requests = [
             {"bidder_id": "nobody", "auction_id": f"a-{i:06d}-" + "x" * 150, "bid_micros": 1000} for i in range(1000)
@@ -298,7 +288,7 @@ async def test_big_body_in_one_write_is_not_counted_as_head(tmp_path: Path) -> N
 
 
 async def test_bids_are_answered_while_an_attacker_streams_a_header(tmp_path: Path) -> None:
-    async with serve(tmp_path) as server:
+    async with serving(tmp_path) as server:
         streams = 5
         results: list[tuple[bytes, bool, int]] = []
 
