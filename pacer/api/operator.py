@@ -30,6 +30,7 @@ from pacer.periods import PeriodError, parse_period, period_to_json, rfc3339
 from pacer.service import ANY_VERSION, BidderNotFound, Service
 
 MAX_BUDGET = 10**15  # $1B in micros: beyond any real budget, far from int64 overflow
+UNISSUED = -2  # the version an If-Match tag this API never issued names: it matches none (412)
 Pacing = Literal["asap", "even", "frontload", "traffic"]
 # Documented, not validated here: parse_period checks them (and names the field in its error). An instant is
 # RFC 3339 in the years 2000..2200 (periods.py).
@@ -215,7 +216,7 @@ def _if_match(request: Request) -> int | None:
         return ANY_VERSION
     tag = tag.removeprefix("W/")
     digits = tag[1:-1] if len(tag) > 2 and tag[0] == tag[-1] == '"' else ""
-    return int(digits) if digits.isdigit() and len(digits) < 19 else -2  # -2: no version has it
+    return int(digits) if digits.isdigit() and len(digits) < 19 else UNISSUED
 
 
 # In the API document: the ETag answers carry and the If-Match a change may send (read by _if_match).
