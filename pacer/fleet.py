@@ -104,6 +104,11 @@ class Fleet:
         """One sync: raises StoreError if Redis did not answer (the wins stay queued for the next one). The final
         one, at shutdown, hands every lease back."""
         started = time.monotonic()
+        if not final:
+            try:  # a dead sibling's acknowledged wins count within one sync, not when some process restarts
+                await self.store.adopt_orphans()
+            except StoreError as exc:  # the folder, not Redis: the sync goes on (what is left waits)
+                log.warning("journal folder: cannot look for dead processes' journals: %s", exc)
         wins = self.store.take_pending()
         by_bidder: dict[str, list[WinRecord]] = defaultdict(list)
         for w in wins:

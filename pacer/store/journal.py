@@ -13,7 +13,7 @@ import logging
 import os
 from pathlib import Path
 
-from pacer.store.base import StoreError
+from pacer.store.base import StoreError, WinRecord
 from pacer.store.sqlite import SqliteStore
 
 log = logging.getLogger("pacer")
@@ -63,32 +63,48 @@ def claim(folder: Path) -> Claim:
     raise StoreError(f"journal folder {folder}: all {MAX_JOURNALS} journals are held by live processes")
 
 
-async def adopt_orphans(folder: Path, mine: SqliteStore, own: Claim) -> int:
-    """Move the unshipped wins of journals no live process holds into `mine`. Returns how many were moved.
-    A crash half-way ships some twice at worst; the shared store counts each win once."""
-    moved = 0
+def _stamp(path: Path) -> int:
+    """When the journal last changed (its WAL takes the writes): a dead process's stays put."""
+    stamps = [0]
+    for part in (path, path.with_name(path.name + "-wal")):
+        with contextlib.suppress(OSError):
+            stamps.append(part.stat().st_mtime_ns)
+    return max(stamps)
+
+
+async def adopt_orphans(folder: Path, mine: SqliteStore, own: Claim,
+                        empty: dict[Path, int] | None = None) -> list[WinRecord]:
+    """Move the unshipped wins of journals no live process holds into `mine`; returns them. Called at start and at
+    every sync, so a dead sibling's wins reach the shared store within one sync, not when some process restarts.
+    `empty` remembers journals found with nothing to ship, or unreadable (and when they last changed), so they are
+    not opened again every sync. A crash half-way ships some twice at worst; the shared store counts each win once."""
+    moved: list[WinRecord] = []
     for path in sorted(folder.glob("journal-*.db")):
         try:
             n = int(path.stem.removeprefix("journal-"))
         except ValueError:
             continue
-        if n == own.n:
+        if n == own.n or (empty is not None and empty.get(path) == _stamp(path)):
             continue
         found = _try_lock(folder, n)
         if found is None:
             continue  # a live process owns it
         try:
             orphan = SqliteStore(str(path), outbox=True)
-            await orphan.open()
             try:
+                await orphan.open()
                 wins = await orphan.load_outbox()
                 if wins:
                     await mine.add_outbox(wins)
                     await orphan.drop_outbox(wins)
-                    moved += len(wins)
+                    moved += wins
                     log.warning("took over %d unshipped wins from %s", len(wins), path)
+            except StoreError as exc:  # one unreadable journal must not stop the others (nor the sync)
+                log.error("journal %s: cannot take over its wins: %s (tried again once it changes)", path, exc)
             finally:
                 await orphan.close()
+            if empty is not None:
+                empty[path] = _stamp(path)
         finally:
             with contextlib.suppress(OSError):
                 found.release()

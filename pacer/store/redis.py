@@ -97,6 +97,7 @@ class RedisStore:
         self._redis: Any = None
         self._journal: SqliteStore | None = None
         self._claim: journal.Claim | None = None
+        self._orphans: dict[Path, int] = {}  # journals of dead processes found with nothing to ship
         self._pending: list[WinRecord] = []  # journaled, not yet counted by Redis
         scripts = ("sync", "put", "delete", "restore", "publish", "lock", "unlock")
         self._sources = {name: _script(name) for name in scripts}
@@ -149,7 +150,7 @@ class RedisStore:
         self._claim = journal.claim(self.journal_dir)
         self._journal = SqliteStore(str(self._claim.path), outbox=True)
         await self._journal.open()
-        await journal.adopt_orphans(self.journal_dir, self._journal, self._claim)
+        await journal.adopt_orphans(self.journal_dir, self._journal, self._claim, self._orphans)
         self._pending = await self._journal.load_outbox()
 
     async def close(self) -> None:
@@ -262,6 +263,18 @@ class RedisStore:
         return await self._journal_store().prune(before_ts)
 
     # --- sync ---------------------------------------------------------------------------------------------------
+
+    async def adopt_orphans(self) -> int:
+        """Take over the unshipped wins of dead processes' journals in this folder (a `--workers` sibling that
+        died, a process that will not come back): they ship with this sync. Returns how many were taken."""
+        if self._claim is None:
+            raise StoreError("redis store is not open")
+        try:
+            wins = await journal.adopt_orphans(self.journal_dir, self._journal_store(), self._claim, self._orphans)
+        except OSError as exc:
+            raise StoreError(f"journal folder {self.journal_dir}: {exc}") from exc
+        self._pending += wins
+        return len(wins)
 
     def take_pending(self) -> list[WinRecord]:
         """The journaled wins Redis has not counted yet; give them back with `untake` if the sync fails."""

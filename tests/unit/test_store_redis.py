@@ -442,3 +442,30 @@ async def test_a_journal_that_cannot_write_is_seen_and_so_is_its_recovery(open_s
     await journal._on_thread(lambda: journal._db().set_authorizer(None))
     await store.save_reserved({})
     assert store.write_error is None
+
+
+async def test_a_live_instance_takes_over_a_dead_siblings_journal_at_its_next_sync(
+        tmp_path: Path, redis_server: RedisServer) -> None:
+    """Issue 13: a dead process's acknowledged wins reached Redis only when some process started on the same
+    folder. Now every sync adopts the journals no live process holds (their flock is free once the holder dies)."""
+    folder = tmp_path / "shared-journal"
+    live, dead, busy = (RedisStore.from_url(redis_server.url, folder) for _ in range(3))
+    for s in (live, dead, busy):
+        await s.open()
+    try:
+        await live.put_bidder(record("b1", 10**9))
+        assert await dead.record_wins([win("x", 700), win("y", 300)]) == [True, True]
+        assert await busy.record_wins([win("z", 50)]) == [True]
+        await dead.close()  # as kill -9 leaves it: journaled, unshipped, its lock freed by the kernel
+        assert await live.adopt_orphans() == 2, "the dead one's wins, not the live sibling's"
+        reply = await sync_one(live, ask("b1", 0, live.take_pending()))
+        assert reply.spent_micros == 1_000
+        assert await live.adopt_orphans() == 0, "nothing twice"
+        assert len(live._orphans) == 1, "the emptied journal is remembered, not reopened every sync"
+        back = RedisStore.from_url(redis_server.url, folder)  # a process starting later finds nothing to ship
+        await back.open()
+        assert back.pending() == []
+        await back.close()
+    finally:
+        for s in (live, busy):
+            await s.close()
