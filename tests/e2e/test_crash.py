@@ -17,7 +17,9 @@ import pytest
 from tests.e2e.conftest import PacerServer, put_bidder, whole_ms
 from tests.e2e.exchange import Auctions, Exchange, Traffic
 
-pytestmark = pytest.mark.e2e
+# Real-time flights judged by delivery: one at a time (an xdist group), as on a machine with nothing else to do
+# but the rest of the suite on the other workers.
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("realtime")]
 
 FLIGHT_S = 20.0
 LEAD_S = 1.0

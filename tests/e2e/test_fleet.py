@@ -24,7 +24,9 @@ from tests.e2e.conftest import PacerServer, put_bidder, whole_ms
 from tests.e2e.exchange import Auctions, Exchange, Traffic
 from tests.redis_server import RedisCluster, RedisServer
 
-pytestmark = pytest.mark.e2e
+# Real-time flights judged by delivery: one at a time (an xdist group), as on a machine with nothing else to do
+# but the rest of the suite on the other workers.
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("realtime")]
 
 LEAD_S = 1.0
 TAIL_S = 0.5
