@@ -17,10 +17,10 @@ $(STAMP): pyproject.toml | $(BIN)/python
 serve: $(STAMP) ## run the service on 127.0.0.1:8080, embedded SQLite store
 	$(BIN)/pacer serve --host 127.0.0.1 --port 8080
 
-test: $(STAMP) ## lint + the whole test suite (3 workers; real-time flights one at a time, their xdist group)
+test: $(STAMP) ## lint + the whole test suite (2 workers; real-time flights one at a time, their xdist group)
 	@command -v redis-server >/dev/null || echo "note: redis-server not found; tests that need it are skipped. Install it: apt-get install -y redis-server"
 	$(BIN)/ruff check pacer tests loadtest
-	$(BIN)/python -m pytest -q -n 3 --dist loadgroup
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
 
 bench: $(STAMP) ## /v1/bid throughput and latency vs a bare ASGI app and a naive FastAPI+Redis peer, fleet-scale figures (~5 min quiet, at most ~10; 2 cores)
 	@missing=""; for tool in wrk redis-server; do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
