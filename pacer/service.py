@@ -432,10 +432,7 @@ class Service:
                 except VersionConflict:
                     await self._reread(bidder_id)
                     continue
-                key = window_at(config.period, self.engine.clock()).key
-                spend = await self.store.load_spend([(bidder_id, key)])
-                self.engine.configure(bidder_id, config, spend[bidder_id, key])
-                self.versions[bidder_id] = version
+                await self._run(bidder_id, config, version)
                 return bidder is None
             raise StoreError(f"bidder {bidder_id!r} kept changing on other instances; retry")
 
@@ -462,11 +459,14 @@ class Service:
             self.engine.remove(bidder_id)
             self.versions.pop(bidder_id, None)
             return
-        config = config_from_json(record.config)
+        await self._run(bidder_id, config_from_json(record.config), record.version)
+
+    async def _run(self, bidder_id: str, config: BidderConfig, version: int) -> None:
+        """Run this stored config (version) here, with the spend recorded in its current period."""
         key = window_at(config.period, self.engine.clock()).key
         spend = await self.store.load_spend([(bidder_id, key)])
         self.engine.configure(bidder_id, config, spend[bidder_id, key])
-        self.versions[bidder_id] = record.version
+        self.versions[bidder_id] = version
 
     async def restore(self, bidder_id: str, spent_micros: int) -> None:
         """Bring back a bidder whose state the fleet store lost, with the spend the operator states."""

@@ -333,21 +333,25 @@ async def list_bidders(
     return BidderList(bidders=[_status(service.engine, i) for i in page], next=token)
 
 
+async def _set_paused(bidder_id: str, paused: bool, service: Service, request: Request,
+                      response: Response) -> BidderStatus:
+    await service.update(bidder_id, lambda old: replace(_existing(old), paused=paused), _if_match(request))
+    return _answer(service, bidder_id, response)
+
+
 @router.post("/{bidder_id}/pause", response_model=BidderStatus, openapi_extra=_IF_MATCH,
              responses={**_OK, **responses(401, 404, 409, 412, 422, 503)})
 async def pause_bidder(bidder_id: BidderId, service: ServiceDep, request: Request,
                        response: Response) -> BidderStatus:
     """Stop granting bids at once; reservations already granted still settle."""
-    await service.update(bidder_id, lambda old: replace(_existing(old), paused=True), _if_match(request))
-    return _answer(service, bidder_id, response)
+    return await _set_paused(bidder_id, True, service, request, response)
 
 
 @router.post("/{bidder_id}/resume", response_model=BidderStatus, openapi_extra=_IF_MATCH,
              responses={**_OK, **responses(401, 404, 409, 412, 422, 503)})
 async def resume_bidder(bidder_id: BidderId, service: ServiceDep, request: Request,
                         response: Response) -> BidderStatus:
-    await service.update(bidder_id, lambda old: replace(_existing(old), paused=False), _if_match(request))
-    return _answer(service, bidder_id, response)
+    return await _set_paused(bidder_id, False, service, request, response)
 
 
 @router.post("/{bidder_id}/restore", response_model=BidderStatus,
