@@ -422,9 +422,9 @@ def create_app(settings: Settings | None = None) -> PacerApp:
         tick_s=settings.tick_ms / 1000, ttl_min_s=settings.ttl_min_s, ttl_max_s=settings.ttl_max_s,
         ttl_initial_s=settings.ttl_initial_s, control=ControlParams(),
     )
-    store = open_store(settings.store, settings.journal_dir)
-    engine = Engine(wall_clock, params, _curve(settings), leased=isinstance(store, RedisStore))
     dedupe_s = settings.dedupe_days * 86400
+    store = open_store(settings.store, settings.journal_dir, dedupe_s)
+    engine = Engine(wall_clock, params, _curve(settings), leased=isinstance(store, RedisStore))
     refit = RefitSettings(settings.refit_s, settings.log_url, settings.refit_since, settings.refit_engine,
                           settings.spark_master, settings.refit_timeout_s) if settings.log_url else None
     service = Service(engine, store, params.tick_s, settings.sync_ms / 1000, dedupe_s,

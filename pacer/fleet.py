@@ -20,7 +20,7 @@ from collections import defaultdict
 from pacer.engine import Bidder, Engine
 from pacer.service import config_from_json, load_bidders
 from pacer.store.base import StoreError, WinRecord
-from pacer.store.redis import LeaseReply, LeaseRequest, RedisStore
+from pacer.store.redis import Counted, LeaseReply, LeaseRequest, RedisStore
 
 log = logging.getLogger("pacer")
 
@@ -58,6 +58,11 @@ class Fleet:
         self._incarnation: dict[str, int] = {}
         self._limits: dict[str, int] = {}  # each bidder's limit before the sync in flight lowered it
         self._last = time.monotonic()
+        # Wins this instance got counted in Redis (record_wins) and charged, but the last applied sync's fleet spend
+        # may not hold: bidder -> [(spend version, period, micros)]; and the spend version of that fleet spend.
+        self._recent: dict[str, list[tuple[int, str, int]]] = {}
+        self._spend_seen: dict[str, int] = {}
+        store.on_counted = self._counted
 
     @property
     def age_s(self) -> float:
@@ -196,6 +201,20 @@ class Fleet:
         return LeaseRequest(bidder.bidder_id, self.versions.get(bidder.bidder_id, 0), key, want, hold_ms, wins,
                             floor_micros=floor, check=ledger.elsewhere())
 
+    def _counted(self, counted: list[Counted]) -> None:
+        """Redis counted these wins, and the caller charges them to the ledgers right after this returns. A sync's
+        fleet spend read before them (its spend version is lower) lacks them: they are kept to add to it. One read
+        after them (its reply came back first) holds them already: taken off here, so the charge adds them once."""
+        for c in counted:
+            bidder = self.engine.bidders.get(c.bidder_id)
+            micros = c.micros_by_period.get(bidder.window.key, 0) if bidder is not None else 0
+            if bidder is None or not micros:
+                continue  # another period's spend: the ledger's period has it from its next sync
+            if c.spend_version > self._spend_seen.get(c.bidder_id, 0):
+                self._recent.setdefault(c.bidder_id, []).append((c.spend_version, bidder.window.key, micros))
+            else:
+                bidder.ledger.spent -= micros
+
     def _unsynced_spend(self) -> dict[str, int]:
         """Spend journaled here while the sync was in flight: Redis has not seen it, the ledger has."""
         out: dict[str, int] = defaultdict(int)
@@ -209,7 +228,8 @@ class Fleet:
         bidder_id = bidder.bidder_id
         if reply.status == "deleted":
             self.engine.remove(bidder_id)
-            for state in (self.versions, self._rate, self._incarnation, self._known_spent):
+            for state in (self.versions, self._rate, self._incarnation, self._known_spent, self._recent,
+                          self._spend_seen):
                 state.pop(bidder_id, None)
             return
         known_inc = self._incarnation.get(bidder_id)
@@ -232,7 +252,12 @@ class Fleet:
         self._known_spent[bidder_id] = (request.period_key, reply.spent_micros)
         ledger = bidder.ledger
         if bidder.window.key == request.period_key:
-            ledger.spent = reply.spent_micros + unsynced
+            recent = [r for r in self._recent.pop(bidder_id, [])
+                      if r[0] > reply.spend_version and r[1] == request.period_key]
+            if recent:
+                self._recent[bidder_id] = recent
+            self._spend_seen[bidder_id] = reply.spend_version
+            ledger.spent = reply.spent_micros + sum(r[2] for r in recent) + unsynced
             ledger.limit = reply.spent_micros + reply.lease_micros
             for i in reply.counted:  # won elsewhere and now in the fleet's spend: the reservation's money is spent
                 ledger.release(request.check[i])

@@ -7,9 +7,9 @@ from pacer.store.base import BidderRecord, ModelRecord, Store, StoreError, Versi
 __all__ = ["BidderRecord", "ModelRecord", "Store", "StoreError", "VersionConflict", "WinRecord", "open_store"]
 
 
-def open_store(url: str, journal_dir: Path = Path("pacer-journal")) -> Store:
+def open_store(url: str, journal_dir: Path = Path("pacer-journal"), dedupe_s: float = 7 * 86400) -> Store:
     """Build the store a URL names: `sqlite:///path/to.db` (embedded) or `redis://host:port/db` (fleet; each
-    instance keeps its journal in `journal_dir`)."""
+    instance keeps its journal in `journal_dir`); a win re-sent within `dedupe_s` is recognised."""
     if url.startswith("sqlite://"):
         from pacer.store.sqlite import SqliteStore
 
@@ -17,5 +17,5 @@ def open_store(url: str, journal_dir: Path = Path("pacer-journal")) -> Store:
     if url.startswith(("redis://", "rediss://")):
         from pacer.store.redis import RedisStore
 
-        return RedisStore.from_url(url, journal_dir)
+        return RedisStore.from_url(url, journal_dir, dedupe_s)
     raise StoreError(f"unsupported store URL {url!r}: expected sqlite:///path/to.db or redis://host:port/db")

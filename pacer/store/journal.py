@@ -1,8 +1,8 @@
 """journal.py: a fleet instance's local journal file, claimed with a lock so that processes sharing a folder
 (`pacer serve --workers N`, or a restart after kill -9) each get their own, and a dead one's is taken over.
 
-The journal is a SqliteStore with an outbox: a win is durable in it before the 200, and stays in the outbox until
-Redis has counted it. Nothing here runs on the hot path.
+The journal is a SqliteStore whose outbox holds the wins Redis has not counted: those acknowledged while Redis could
+not be reached (durable here before the 200), until a sync ships them. Nothing here runs on the hot path.
 """
 
 from __future__ import annotations
@@ -90,12 +90,12 @@ async def adopt_orphans(folder: Path, mine: SqliteStore, own: Claim,
         if found is None:
             continue  # a live process owns it
         try:
-            orphan = SqliteStore(str(path), outbox=True)
+            orphan = SqliteStore(str(path))
             try:
                 await orphan.open()
                 wins = await orphan.load_outbox()
                 if wins:
-                    await mine.add_outbox(wins)
+                    await mine.queue_wins(wins)
                     await orphan.drop_outbox(wins)
                     moved += wins
                     log.warning("took over %d unshipped wins from %s", len(wins), path)

@@ -1,10 +1,13 @@
-"""redis.py: the fleet store. Budget truth (config, deduplicated spend, leases) lives in Redis, and every instance
-keeps a local journal so that accepting an event never waits on Redis. Never called from the bid hot path.
+"""redis.py: the fleet store. Budget truth (config, deduplicated spend, leases) lives in Redis. Never called from
+the bid hot path.
 
-- Events: `record_wins` commits to the local journal (durable, deduplicated per instance) and queues the wins;
-  `sync` ships them to Redis, which counts each (bidder_id, auction_id) once across the fleet.
+- Events: `record_wins` counts each (bidder_id, auction_id) once fleet-wide in Redis before it returns (one
+  pipelined round trip for all the wins that concurrent callers brought meanwhile: group commit). Only while Redis
+  cannot be reached (or has lost a bidder) are wins queued in the instance's local journal instead, durable there
+  before the 200, and `sync` ships them once it can.
 - Leases: `sync` is one pipelined round trip per Redis node, one Lua call per group of bidders that share a hash
-  slot (every key of a bidder carries its id as hash tag, so this runs on Redis Cluster as on one Redis).
+  slot (every key of a bidder carries its id as hash tag, so this runs on Redis Cluster as on one Redis). So is
+  `record_wins`.
 - Operator writes (put, delete, restore) go to Redis directly and fail with StoreError when it is down.
 
 Keys (prefix `pacer` by default): `<p>:{<bidder_id>}:b` state hash, `<p>:{<bidder_id>}:w` win dedupe set,
@@ -42,6 +45,7 @@ from pacer.store.sqlite import SqliteStore
 
 T = TypeVar("T")
 TIMEOUT_S = 1.0  # a Redis that does not answer within this is treated as down: sync fails, bids go on
+MAX_PRICE = 2**53  # Lua numbers are doubles: exact integers up to here
 GROUP = 500  # bidders per Lua call on a plain Redis: one call blocks Redis ~5 ms at most
 PUBLISH_GROUP = 100  # models per publish call (each ~10 KB of JSON)
 
@@ -76,6 +80,53 @@ class LeaseReply:
     config: dict[str, object] | None  # set when the version differs from the one the instance knows
     duplicates: list[int]  # indexes into the request's wins that Redis had counted before
     counted: list[int]  # indexes into the request's `check` whose wins Redis has counted
+    spend_version: int  # of spent_micros: see Counted
+
+
+@dataclass(frozen=True, slots=True)
+class Counted:
+    """New wins Redis counted for one bidder in one `record_wins` call: their micros per period, and the bidder's
+    spend version after them. A sync's fleet spend with a version at least this one already holds them."""
+
+    bidder_id: str
+    micros_by_period: dict[str, int]
+    spend_version: int
+
+
+CountedHook = Callable[[list[Counted]], None]
+
+
+@dataclass(slots=True)
+class _Recorded:
+    """One caller's part of a record round trip: per win True (new), False (counted before) or None (for the
+    journal: Redis could not take it); the wins for the journal; what Redis counted."""
+
+    new: list[bool | None]
+    queued: list[WinRecord]
+    counted: list[Counted]
+
+
+class _Results:
+    """What one record round trip did to each of its wins, split up per caller by `part`."""
+
+    def __init__(self, wins: list[WinRecord]) -> None:
+        self.wins = wins
+        self.new: list[bool | None] = [None] * len(wins)
+        self.version: dict[str, int] = {}
+
+    def counted_by(self, bidder_id: str, indexes: list[int], duplicates: set[int], version: int) -> None:
+        for k, i in enumerate(indexes):
+            self.new[i] = k not in duplicates
+        self.version[bidder_id] = version
+
+    def part(self, lo: int, hi: int) -> _Recorded:
+        micros: dict[str, dict[str, int]] = {}
+        for w, fresh in zip(self.wins[lo:hi], self.new[lo:hi], strict=True):
+            if fresh:
+                periods = micros.setdefault(w.bidder_id, {})
+                periods[w.period_key] = periods.get(w.period_key, 0) + w.price_micros
+        queued = [w for w, fresh in zip(self.wins[lo:hi], self.new[lo:hi], strict=True) if fresh is None]
+        return _Recorded(self.new[lo:hi], queued, [Counted(b, m, self.version[b]) for b, m in micros.items()])
 
 
 def _script(name: str) -> str:
@@ -87,10 +138,15 @@ class RedisStore:
 
     shared = True
 
-    def __init__(self, url: str, journal_dir: Path, prefix: str = "pacer") -> None:
+    def __init__(self, url: str, journal_dir: Path, prefix: str = "pacer", dedupe_s: float = 7 * 86400) -> None:
         self.url = url
         self.journal_dir = journal_dir
         self.prefix = prefix
+        self.dedupe_ms = int(dedupe_s * 1000)
+        # Called with what each record_wins counted, just before it returns: nothing else runs in between, so the
+        # fleet's books and the caller's charge of those wins change together (fleet.py).
+        self.on_counted: CountedHook | None = None
+        self.reachable = True  # False from a failed write to Redis until a sync succeeds: events go to the journal
         self.instance = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.cluster = False
         self.commits = 0  # journal transactions (the contract suite reads it)
@@ -99,19 +155,21 @@ class RedisStore:
         self._claim: journal.Claim | None = None
         self._orphans: dict[Path, int] = {}  # journals of dead processes found with nothing to ship
         self._pending: list[WinRecord] = []  # journaled, not yet counted by Redis
-        scripts = ("sync", "put", "delete", "restore", "publish", "lock", "unlock")
+        self._batch: list[tuple[list[WinRecord], asyncio.Future[_Recorded]]] = []  # waiting for the next round trip
+        self._flusher: asyncio.Task[None] | None = None
+        scripts = ("sync", "record", "put", "delete", "restore", "publish", "lock", "unlock")
         self._sources = {name: _script(name) for name in scripts}
         self._sha: dict[str, str] = {}
 
     @classmethod
-    def from_url(cls, url: str, journal_dir: Path) -> RedisStore:
+    def from_url(cls, url: str, journal_dir: Path, dedupe_s: float = 7 * 86400) -> RedisStore:
         """`redis://[user:pass@]host:port/db[?prefix=pacer]` (or rediss://); other query options go to redis-py."""
         parts = urlsplit(url)
         query = dict(parse_qsl(parts.query))
         prefix = query.pop("prefix", "pacer")
         if parts.scheme not in ("redis", "rediss") or not parts.hostname:
             raise StoreError(f"bad redis URL {url!r}: expected redis://host:port/db")
-        return cls(urlunsplit(parts._replace(query=urlencode(query))), journal_dir, prefix)
+        return cls(urlunsplit(parts._replace(query=urlencode(query))), journal_dir, prefix, dedupe_s)
 
     # --- keys -------------------------------------------------------------------------------------------------
 
@@ -148,12 +206,14 @@ class RedisStore:
             self._redis = aioredis.Redis.from_url(self.url, **options)
         await self._load_scripts()
         self._claim = journal.claim(self.journal_dir)
-        self._journal = SqliteStore(str(self._claim.path), outbox=True)
+        self._journal = SqliteStore(str(self._claim.path))
         await self._journal.open()
         await journal.adopt_orphans(self.journal_dir, self._journal, self._claim, self._orphans)
         self._pending = await self._journal.load_outbox()
 
     async def close(self) -> None:
+        while self._flusher is not None and not self._flusher.done():
+            await asyncio.shield(self._flusher)  # callers waiting on a round trip get their answer first
         if self._journal is not None:
             self.commits = self._journal.commits
             await self._journal.close()
@@ -239,11 +299,85 @@ class RedisStore:
     # --- spend --------------------------------------------------------------------------------------------------
 
     async def record_wins(self, wins: list[WinRecord]) -> list[bool]:
-        """Durable in the local journal (deduplicated there); counted fleet-wide at the next sync."""
-        new = await self._journal_store().record_wins(wins)
-        self._pending.extend(w for w, fresh in zip(wins, new, strict=True) if fresh)
-        self.commits = self._journal_store().commits
+        """Count the wins in Redis (see the module docstring); True for each win Redis had not counted before. While
+        Redis cannot be reached the wins go to the journal's outbox, and True means "queued" (Redis decides at the
+        sync). Raises StoreError, having made nothing durable, when neither can take them."""
+        for w in wins:
+            if not 0 <= w.price_micros <= MAX_PRICE:
+                raise StoreError(f"price_micros must be an int in [0, {MAX_PRICE}], got {w.price_micros!r}")
+        if not wins:
+            return []
+        if not self.reachable:
+            return await self._queue(wins)
+        future: asyncio.Future[_Recorded] = asyncio.get_running_loop().create_future()
+        self._batch.append((wins, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush())
+        recorded = await asyncio.shield(future)  # a caller that goes away must not cancel the others' round trip
+        if recorded.queued:
+            queued = iter(await self._queue(recorded.queued))
+            new = [next(queued) if fresh is None else fresh for fresh in recorded.new]
+        else:
+            new = [bool(fresh) for fresh in recorded.new]
+        if recorded.counted and self.on_counted is not None:
+            self.on_counted(recorded.counted)
         return new
+
+    async def _flush(self) -> None:
+        """Round trips until no caller waits: each takes every batch queued meanwhile (group commit)."""
+        while self._batch:
+            batches, self._batch = self._batch, []
+            try:
+                results = await self._record([w for wins, _ in batches for w in wins])
+            except BaseException as exc:  # a bug, or the loop shutting down: every waiting caller is told
+                for _, future in batches:
+                    if not future.done():
+                        future.cancel() if isinstance(exc, asyncio.CancelledError) else future.set_exception(exc)
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+                continue
+            lo = 0
+            for wins, future in batches:
+                if not future.done():
+                    future.set_result(results.part(lo, lo + len(wins)))
+                lo += len(wins)
+
+    async def _record(self, wins: list[WinRecord]) -> _Results:
+        """One pipelined round trip of record.lua calls. Wins Redis could not take (unreachable, or a bidder it
+        lost) come back marked for the journal."""
+        by_bidder: dict[str, list[int]] = {}
+        for i, w in enumerate(wins):
+            by_bidder.setdefault(w.bidder_id, []).append(i)
+        bidder_ids = list(by_bidder)
+        calls = []
+        for members in self._groups(bidder_ids):
+            keys: list[str] = []
+            for j in members:
+                keys += [self._state(bidder_ids[j]), self._wins(bidder_ids[j])]
+            packed = [[(wins[i].auction_id, wins[i].price_micros, wins[i].period_key) for i in by_bidder[bidder_ids[j]]]
+                      for j in members]
+            calls.append((members, keys, [self.instance, self.dedupe_ms, _pack(packed)]))
+        results = _Results(wins)
+        try:
+            replies = await self._run_script("record", calls)
+        except StoreError:
+            self.reachable = False  # until a sync gets through: no event waits on a Redis that does not answer
+            return results
+        for (members, _, _), group in zip(calls, replies, strict=True):
+            if isinstance(group, Exception):
+                continue  # this group's wins go to the journal; the sync says what is wrong
+            for j, (status, version, dups) in zip(members, _unpack(group), strict=True):
+                if status == "ok":
+                    results.counted_by(bidder_ids[j], by_bidder[bidder_ids[j]], {int(d) - 1 for d in dups},
+                                       int(version))
+        return results
+
+    async def _queue(self, wins: list[WinRecord]) -> list[bool]:
+        """Into the journal's outbox (durable), shipped by the next sync that reaches Redis."""
+        fresh = await self._journal_store().queue_wins(wins)
+        self._pending.extend(w for w, new in zip(wins, fresh, strict=True) if new)
+        self.commits = self._journal_store().commits
+        return fresh
 
     async def load_spend(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], int]:
         values = await self._pipelined(lambda pipe: [pipe.hget(self._state(b), f"s:{period}") for b, period in keys])
@@ -296,12 +430,8 @@ class RedisStore:
                    ) -> tuple[list[LeaseReply], int]:
         """Ship wins, settle and renew leases for every bidder, and read the registry's change counter: one
         pipelined round trip (per node on a cluster). Returns a reply per request, in order, and the counter."""
-        groups: dict[int, list[int]] = {}
-        for i, r in enumerate(requests):
-            slot = key_slot(self._state(r.bidder_id).encode()) if self.cluster else i // GROUP
-            groups.setdefault(slot, []).append(i)
         calls = []
-        for members in groups.values():
+        for members in self._groups([r.bidder_id for r in requests]):
             keys: list[str] = []
             packed = []
             for i in members:
@@ -310,20 +440,11 @@ class RedisStore:
                 packed.append((r.known_version, r.period_key, r.want_micros, r.floor_micros, r.hold_ms,
                                [(w.auction_id, w.price_micros, w.period_key) for w in r.wins], r.check))
             calls.append((members, keys, [self.instance, lease_ttl_ms, dedupe_ms, _pack(packed)]))
-
-        def fill(pipe: Any) -> None:
-            for _, keys, args in calls:
-                pipe.execute_command("EVALSHA", self._sha["sync"], len(keys), *keys, *args)
-            pipe.get(f"{self._registry}:seq")
-
-        results = await self._pipelined(fill, raise_on_error=False)
-        if any(isinstance(r, NoScriptError) for r in results):  # Redis restarted: scripts are gone
-            await self._load_scripts()
-            # wins counted by the first attempt come back as duplicates
-            results = await self._pipelined(fill, raise_on_error=False)
+        results = await self._run_script("sync", calls, f"{self._registry}:seq")
         for r in results:
             if isinstance(r, Exception):
                 raise StoreError(f"redis sync: {r}")
+        self.reachable = True
         replies: dict[int, LeaseReply] = {}
         for n, ((members, _, _), group) in enumerate(zip(calls, results[:-1], strict=True)):
             if n:
@@ -412,6 +533,32 @@ class RedisStore:
             raise StoreError("redis store is not open")
         return self._journal
 
+    def _groups(self, bidder_ids: list[str]) -> list[list[int]]:
+        """Indexes of `bidder_ids` per Lua call: the bidders of one hash slot on a cluster, GROUP at a time on one
+        Redis."""
+        groups: dict[int, list[int]] = {}
+        for i, bidder_id in enumerate(bidder_ids):
+            slot = key_slot(self._state(bidder_id).encode()) if self.cluster else i // GROUP
+            groups.setdefault(slot, []).append(i)
+        return list(groups.values())
+
+    async def _run_script(self, name: str, calls: list[tuple[list[int], list[str], list[object]]],
+                          then_get: str | None = None) -> list[Any]:
+        """One pipelined round trip of `name` calls (and a GET of `then_get` last): each call's reply, or its
+        error. Scripts flushed by a Redis restart are loaded again and the round trip repeated (every script is
+        safe to run twice: wins counted by the first attempt come back as duplicates)."""
+        def fill(pipe: Any) -> None:
+            for _, keys, args in calls:
+                pipe.execute_command("EVALSHA", self._sha[name], len(keys), *keys, *args)
+            if then_get is not None:
+                pipe.get(then_get)
+
+        results = await self._pipelined(fill, raise_on_error=False)
+        if any(isinstance(r, NoScriptError) for r in results):
+            await self._load_scripts()
+            results = await self._pipelined(fill, raise_on_error=False)
+        return results
+
     async def _load_scripts(self) -> None:
         for name, source in self._sources.items():
             self._sha[name] = str(await self._call(self._client().script_load(source)))
@@ -447,10 +594,10 @@ _unpack = msgspec.msgpack.Decoder(list[list[Any]]).decode
 
 
 def _reply(raw: list[Any]) -> LeaseReply:
-    status, version, incarnation, spent, lease, fleet, cfg, dups, counted = raw
+    status, config_version, incarnation, spent, lease, fleet, cfg, dups, counted, version = raw
     return LeaseReply(
-        status=status, version=int(version), incarnation=int(incarnation), spent_micros=int(spent),
+        status=status, version=int(config_version), incarnation=int(incarnation), spent_micros=int(spent),
         lease_micros=int(lease), fleet_leased_micros=int(fleet), config=json.loads(cfg) if cfg else None,
-        duplicates=[int(d) - 1 for d in dups], counted=[int(c) - 1 for c in counted],
+        duplicates=[int(d) - 1 for d in dups], counted=[int(c) - 1 for c in counted], spend_version=int(version),
     )
 

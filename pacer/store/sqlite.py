@@ -69,17 +69,16 @@ class SqliteStore:
     """Store on one SQLite file. Writes queue up; one writer task commits everything queued so far in a
     single transaction on the store's own thread, so many concurrent callers share one fsync.
 
-    As a fleet instance's journal (`outbox=True`), every new win is also queued in the outbox table in the same
-    transaction, until the shared store has counted it (see redis.py)."""
+    As a fleet instance's journal it holds, in its outbox table, the wins the shared store has not counted yet
+    (see queue_wins and redis.py)."""
 
-    def __init__(self, path: str, synchronous: str = "FULL", outbox: bool = False) -> None:
+    def __init__(self, path: str, synchronous: str = "FULL") -> None:
         if not path or path == ":memory:":
             raise StoreError(f"sqlite store needs a file path, got {path!r}")
         if synchronous.upper() not in _SYNCHRONOUS:
             raise StoreError(f"synchronous must be one of {_SYNCHRONOUS}, got {synchronous!r}")
         self.path = path
         self.synchronous = synchronous.upper()
-        self.outbox = outbox
         self.busy_timeout_ms = 5000
         self.commits = 0  # transactions committed: lets tests (and metrics) see that group commit batches
         self._executor: ThreadPoolExecutor | None = None
@@ -228,8 +227,6 @@ class SqliteStore:
                 fresh = conn.execute("INSERT OR IGNORE INTO wins VALUES (?, ?, ?, ?, ?)", row).rowcount == 1
                 if fresh:
                     conn.execute(_ADD_SPEND, (w.bidder_id, w.period_key, w.price_micros))
-                    if self.outbox:
-                        conn.execute("INSERT OR IGNORE INTO outbox VALUES (?, ?, ?, ?, ?)", row)
                 new.append(fresh)
             return new
 
@@ -255,15 +252,20 @@ class SqliteStore:
         rows = await self._query("SELECT bidder_id, auction_id, price_micros, period_key, ts FROM outbox ORDER BY ts")
         return [WinRecord(*row) for row in rows]
 
-    async def add_outbox(self, wins: list[WinRecord]) -> None:
-        """Take over wins from another journal (an instance that died before shipping them)."""
+    async def queue_wins(self, wins: list[WinRecord]) -> list[bool]:
+        """A fleet journal's outbox: hold wins durably until the shared store has counted them (while it cannot be
+        reached, or for a bidder it lost). Element i is False where that win is queued already (it ships once).
+        The outbox is no dedupe authority: a win leaves it once shipped, and the shared store decides."""
+        for win in wins:
+            _micros(win.price_micros, "price_micros")
         rows = [(w.bidder_id, w.auction_id, w.price_micros, w.period_key, w.ts) for w in wins]
 
-        def apply(conn: sqlite3.Connection) -> None:
-            conn.executemany("INSERT OR IGNORE INTO wins VALUES (?, ?, ?, ?, ?)", rows)
-            conn.executemany("INSERT OR IGNORE INTO outbox VALUES (?, ?, ?, ?, ?)", rows)
+        def apply(conn: sqlite3.Connection) -> list[bool]:
+            sql = "INSERT OR IGNORE INTO outbox VALUES (?, ?, ?, ?, ?)"
+            return [conn.execute(sql, row).rowcount == 1 for row in rows]
 
-        await self._write(apply)
+        result: list[bool] = await self._write(apply)
+        return result
 
     async def drop_outbox(self, wins: list[WinRecord]) -> None:
         """The shared store has counted these (or knew them already): they need not be shipped again."""

@@ -17,7 +17,7 @@ from pacer.engine import BidderConfig, Engine, EngineParams
 from pacer.fleet import INFLIGHT_SHARE, Fleet
 from pacer.periods import Flight
 from pacer.service import config_to_json, load_bidders
-from pacer.store.base import BidderRecord
+from pacer.store.base import BidderRecord, WinRecord
 from pacer.store.redis import RedisStore
 from tests.redis_server import RedisServer
 
@@ -117,3 +117,86 @@ async def test_operator_writes_on_two_instances_never_undo_each_other(
     finally:
         for service in services:
             await service.store.close()
+
+
+async def _one_bidder_fleet(redis_server: RedisServer, folder: Path) -> tuple[Engine, Fleet, RedisStore]:
+    clock = ManualClock(time.time())
+    store = RedisStore.from_url(redis_server.url, folder)
+    await store.open()
+    config = BidderConfig(budget_micros=BUDGET, period=Flight(clock.now - 60, clock.now + 3600), pacing="asap")
+    if not await store.load_bidders():
+        await store.put_bidder(BidderRecord("b1", config_to_json(config), 1, clock.now))
+    engine = Engine(clock, EngineParams(tick_s=0.1), TrafficCurve.flat(), leased=True)
+    versions: dict[str, int] = {}
+    await load_bidders(engine, store, await store.load_bidders(), versions)
+    fleet = Fleet(engine, store, versions, sync_s=0.25, lease_ttl_s=5.0, dedupe_s=86400.0)
+    engine.tick()
+    await fleet.sync()
+    return engine, fleet, store
+
+
+async def _charge(engine: Engine, store: RedisStore, auction_id: str, price: int) -> None:
+    """What POST /v1/events does with one win: count it in the store, then charge it if it was new."""
+    period = engine.period_key("b1")
+    [new] = await store.record_wins([WinRecord("b1", auction_id, price, period, time.time())])
+    if new:
+        engine.win("b1", auction_id, price)
+
+
+async def test_a_win_counted_while_a_sync_is_in_flight_is_in_the_spend_once_in_either_order(
+        redis_server: RedisServer, tmp_path: Path) -> None:
+    """Issue 13: wins are counted in Redis before their 200, so a sync's fleet spend may or may not hold a win whose
+    answer the instance is still waiting for, or has just charged. Either way the ledger's spend must end up exactly
+    Redis's: not twice (the sync read it, then the event charged it), not never (charged, then a sync read from
+    before it overwrote the spend). The spend version tells which."""
+    engine, fleet, store = await _one_bidder_fleet(redis_server, tmp_path / "a")
+    other, _, other_store = await _one_bidder_fleet(redis_server, tmp_path / "b")
+    ledger = engine.bidders["b1"].ledger
+    try:
+        await _charge(other, other_store, "elsewhere", 7)  # another instance's spend, learnt at the next sync
+
+        # Order 1: Redis counts the win, the sync reads the spend with it, its reply is applied, and only then does
+        # the event's answer come back and get charged.
+        gate = asyncio.Event()
+        run = store._run_script
+
+        async def record_then_wait(name: str, *args: object) -> list[object]:
+            result = await run(name, *args)  # type: ignore[arg-type]
+            if name == "record":
+                await gate.wait()
+            return result
+
+        store._run_script = record_then_wait  # type: ignore[method-assign,assignment]
+        event = asyncio.create_task(_charge(engine, store, "w1", 1_000))
+        while not (await store.load_spend([("b1", engine.period_key("b1"))]))[("b1", engine.period_key("b1"))] > 7:
+            await asyncio.sleep(0.005)  # until Redis has counted it
+        await fleet.sync()
+        gate.set()
+        await event
+        assert ledger.spent == 1_007, "the sync read the win, and the event charged it: once"
+
+        # Order 2: the sync's script runs first; the event is counted and charged before the sync's reply lands.
+        sync_gate = asyncio.Event()
+
+        async def sync_then_wait(name: str, *args: object) -> list[object]:
+            result = await run(name, *args)  # type: ignore[arg-type]
+            if name == "sync":
+                await sync_gate.wait()
+            return result
+
+        store._run_script = sync_then_wait  # type: ignore[method-assign,assignment]
+        syncing = asyncio.create_task(fleet.sync())
+        await asyncio.sleep(0.05)
+        assert not syncing.done()
+        store._run_script = run  # type: ignore[method-assign]
+        await _charge(engine, store, "w2", 500)
+        assert ledger.spent == 1_507
+        sync_gate.set()
+        await syncing
+        assert ledger.spent == 1_507, "a fleet spend read before the win must not drop it"
+        await fleet.sync()
+        assert ledger.spent == 1_507 == (await store.load_spend([("b1", engine.period_key("b1"))]))[
+            ("b1", engine.period_key("b1"))]
+    finally:
+        await store.close()
+        await other_store.close()

@@ -111,30 +111,48 @@ async def test_config_change_reaches_other_instances_at_their_sync(open_store: O
 
 
 async def test_win_counted_once_across_instances_and_retries(open_store: Opener) -> None:
+    """Issue 13: the answer is the fleet's truth. A win is counted in Redis before record_wins returns, so a retry
+    that reaches another instance is a duplicate there, and nothing waits in a journal."""
     a, b = await open_store("a"), await open_store("b")
     await a.put_bidder(record("b1", 10_000))
-    # The same win reaches both instances (a retry to another instance); each journals it as new locally.
     assert await a.record_wins([win("x", 700), win("y", 300)]) == [True, True]
-    assert await b.record_wins([win("x", 700)]) == [True]
-    assert await a.record_wins([win("x", 700)]) == [False], "a retry to the same instance is a local duplicate"
-    ra = await sync_one(a, ask("b1", 0, a.take_pending()))
-    rb = await sync_one(b, ask("b1", 0, b.take_pending()))
-    assert (ra.spent_micros, ra.duplicates) == (1_000, [])
-    assert (rb.spent_micros, rb.duplicates) == (1_000, [0])
+    assert await b.load_spend([("b1", PERIOD)]) == {("b1", PERIOD): 1_000}, "counted before the answer"
+    assert await b.record_wins([win("x", 700)]) == [False], "the same win at another instance"
+    assert await a.record_wins([win("x", 700)]) == [False]
+    assert a.pending() == b.pending() == []
+    reply = await sync_one(b, ask("b1", 0))
+    assert (reply.spent_micros, reply.duplicates) == (1_000, [])
 
 
-async def test_concurrent_syncs_count_overlapping_wins_once(open_store: Opener) -> None:
+async def test_concurrent_events_at_several_instances_count_overlapping_wins_once(open_store: Opener) -> None:
     stores = [await open_store(f"i{n}") for n in range(4)]
     await stores[0].put_bidder(record("b1", 10**9))
     wins = [win(f"a{k}", 1 + k) for k in range(200)]
-    # Every instance got an overlapping half of the notices; all four sync at once.
-    for n, s in enumerate(stores):
-        await s.record_wins(wins[n * 33: n * 33 + 100])
-    replies = await asyncio.gather(*(sync_one(s, ask("b1", 0, s.take_pending())) for s in stores))
+    # Every instance got an overlapping half of the notices, in batches of 10, all at once.
+    calls = [s.record_wins(wins[lo: lo + 10]) for n, s in enumerate(stores) for lo in range(n * 33, n * 33 + 100, 10)]
+    answers = await asyncio.gather(*calls)
     seen = {w.auction_id for n in range(4) for w in wins[n * 33: n * 33 + 100]}
     expected = sum(w.price_micros for w in wins if w.auction_id in seen)
-    assert max(r.spent_micros for r in replies) == expected
-    assert sum(100 - len(r.duplicates) for r in replies) == len(seen), "each win counted by exactly one instance"
+    assert sum(sum(a) for a in answers) == len(seen), "each win new at exactly one instance"
+    assert await stores[0].load_spend([("b1", PERIOD)]) == {("b1", PERIOD): expected}
+
+
+async def test_concurrent_callers_share_round_trips(open_store: Opener) -> None:
+    """Group commit: callers that arrive while a round trip is out go together in the next one."""
+    s = await open_store()
+    await s.put_bidder(record("b1", 10**9))
+    trips = 0
+    run = s._run_script
+
+    async def counting(*args: object, **kw: object) -> list[object]:
+        nonlocal trips
+        trips += 1
+        return await run(*args, **kw)  # type: ignore[arg-type]
+
+    s._run_script = counting  # type: ignore[method-assign]
+    answers = await asyncio.gather(*(s.record_wins([win(f"a{k}", 1), win("same", 1)]) for k in range(100)))
+    assert trips < 100 / 2, f"{trips} round trips for 100 concurrent callers"
+    assert sum(a[0] for a in answers) == 100 and sum(a[1] for a in answers) == 1, "'same' is new once"
 
 
 async def test_money_keeps_every_digit(open_store: Opener, redis_server: RedisServer) -> None:
@@ -274,13 +292,20 @@ async def test_every_call_survives_a_restart_that_left_stale_pooled_connections(
 async def test_redis_down_is_a_store_error_fast(open_store: Opener, redis_server: RedisServer) -> None:
     s = await open_store()
     await s.put_bidder(record("b1", 1_000))
-    await s.record_wins([win("x", 10)])
+    assert await s.record_wins([win("x", 10)]) == [True]
     redis_server.stop()
-    pending = s.take_pending()
     with pytest.raises(StoreError):
-        await s.sync([ask("b1", 100, pending)], TTL_MS, DEDUPE_MS)
+        await s.sync([ask("b1", 100)], TTL_MS, DEDUPE_MS)
     assert await s.ping() is False
+    started = time.monotonic()
     assert await s.record_wins([win("y", 20)]) == [True], "events still journal while Redis is down"
+    assert await s.record_wins([win("y", 20), win("z", 5)]) == [False, True], "queued once"
+    assert time.monotonic() - started < 2.0, "a failed write marks Redis unreachable: no wait on it per event"
+    assert [w.auction_id for w in s.pending()] == ["y", "z"]
+    redis_server.start()
+    reply = await sync_one(s, ask("b1", 100, s.take_pending()))
+    assert reply.spent_micros == 35 and s.reachable
+    assert await s.record_wins([win("z", 5), win("w", 1)]) == [False, True], "Redis decides again"
 
 
 async def test_notices_are_relayed_to_the_other_instances(open_store: Opener) -> None:
@@ -321,7 +346,6 @@ async def test_wins_charged_elsewhere_are_reported_once_counted(open_store: Open
     check = LeaseRequest("b1", 1, PERIOD, 100, 0, [], floor_micros=100, check=["x", "y"])
     assert (await sync_one(a, check)).counted == []  # b has not shipped x yet
     await b.record_wins([win("x", 70)])
-    await sync_one(b, ask("b1", 0, b.take_pending()))
     reply = await sync_one(a, check)
     assert reply.counted == [0] and reply.spent_micros == 70
 
@@ -335,7 +359,9 @@ async def test_unsynced_wins_survive_a_restart_and_orphans_are_adopted(tmp_path:
     first = RedisStore.from_url(redis_server.url, folder)
     await first.open()
     await first.put_bidder(record("b1", 10_000))
+    redis_server.stop()  # an outage: the wins are acknowledged from the journal
     await first.record_wins([win("x", 40), win("y", 2)])
+    redis_server.start()
     second = RedisStore.from_url(redis_server.url, folder)
     await second.open()  # first is alive: second takes the next journal and adopts nothing
     assert second.pending() == []
@@ -387,9 +413,10 @@ def _per_bidder(store: RedisStore, ids: list[str]) -> list[LeaseRequest]:
 
 async def test_overspend_bound_is_the_leases_of_instances_that_died_unsynced(tmp_path: Path,
                                                                             redis_server: RedisServer) -> None:
-    """The documented worst case (docs/architecture.md, "Fleet overspend bound"): N instances spend their whole
-    lease, acknowledge the wins (journaled) and die before syncing; their leases lapse and a survivor spends
-    everything that is left; then their journals are replayed. Overspend = the leases they held <= N x L_max."""
+    """The documented worst case during an outage (docs/architecture.md, "Fleet overspend bound"): N instances cut
+    off from Redis spend their whole lease, acknowledge the wins from their journals and die before a sync gets
+    through; their leases lapse and a survivor spends everything that is left; then their journals are replayed.
+    Overspend = the leases they held <= N x L_max."""
     budget, lease, ttl_ms = 100_000, 10_000, 300
     dead = [RedisStore.from_url(redis_server.url, tmp_path / f"dead{n}") for n in range(3)]
     survivor = RedisStore.from_url(redis_server.url, tmp_path / "survivor")
@@ -399,6 +426,7 @@ async def test_overspend_bound_is_the_leases_of_instances_that_died_unsynced(tmp
     held = []
     for n, s in enumerate(dead):
         held.append((await sync_one(s, ask("b1", lease), ttl_ms=ttl_ms)).lease_micros)
+        s.reachable = False  # as after a failed write: this instance is cut off from Redis
         await s.record_wins([win(f"d{n}", held[-1])])  # spends it all; the 200 went out, then kill -9
         await s.close()
     assert held == [lease] * 3
@@ -423,12 +451,60 @@ async def test_overspend_bound_is_the_leases_of_instances_that_died_unsynced(tmp
     assert spent - budget == sum(held) <= len(dead) * lease, "overspend is exactly the bound in its worst case"
 
 
+async def test_with_redis_up_a_dead_instance_leaves_nothing_uncounted(tmp_path: Path,
+                                                                     redis_server: RedisServer) -> None:
+    """Issue 13: with Redis reachable a win is counted there before its 200, and spends the lease it was won under.
+    An instance that dies (and never comes back) leaves nothing in a journal and nothing to overspend: the
+    fleet's spend is the sum of the acknowledged wins at once, and what its lease still held returns at expiry."""
+    budget, ttl_ms = 100_000, 300
+    dead = RedisStore.from_url(redis_server.url, tmp_path / "dead")
+    survivor = RedisStore.from_url(redis_server.url, tmp_path / "survivor")
+    for s in (dead, survivor):
+        await s.open()
+    await survivor.put_bidder(record("b1", budget))
+    assert (await sync_one(dead, ask("b1", 30_000), ttl_ms=ttl_ms)).lease_micros == 30_000
+    assert await dead.record_wins([win("d0", 10_000), win("d1", 5_000)]) == [True, True]
+    assert int(state(redis_server)[f"l:{dead.instance}"]) == 15_000, "the wins spent the lease they came under"
+    assert dead.pending() == []
+    await dead.close()  # kill -9: nothing of it is needed again
+    first = await sync_one(survivor, ask("b1", budget))
+    assert first.spent_micros == 15_000, "every acknowledged win is in the fleet's spend"
+    assert first.lease_micros <= budget - 15_000 - 15_000, "the rest of the dead lease stays held until it lapses"
+    assert live_leases(state(redis_server)) == first.lease_micros + 15_000
+    deadline = time.monotonic() + 20.0
+    while (second := await sync_one(survivor, ask("b1", budget))).lease_micros < budget - 15_000:
+        assert time.monotonic() < deadline, f"the dead lease did not lapse: lease {second.lease_micros}"
+        await asyncio.sleep(0.05)
+    assert await survivor.record_wins([win("s0", second.lease_micros)]) == [True]
+    h = state(redis_server)
+    assert int(h[f"s:{PERIOD}"]) == budget, "all of it delivered, not a micro more"
+    assert int(h[f"l:{survivor.instance}"]) == 0
+    await survivor.close()
+
+
+async def test_a_bidder_redis_lost_has_its_wins_kept_in_the_journal(open_store: Opener,
+                                                                    redis_server: RedisServer) -> None:
+    """No state in Redis (lost data): the wins are not counted into nothing; they wait in the journal and ship
+    once an operator restores the bidder."""
+    s = await open_store()
+    await s.put_bidder(record("b1", 1_000))
+    redis_server.kill()
+    redis_server.wipe()
+    redis_server.start()
+    assert await s.record_wins([win("x", 30)]) == [True]
+    assert [w.auction_id for w in s.pending()] == ["x"] and state(redis_server) == {}
+    version = await s.restore_bidder(record("b1", 1_000), PERIOD, 100)
+    reply = await sync_one(s, ask("b1", 0, s.take_pending(), known=version))
+    assert reply.spent_micros == 130
+
+
 async def test_a_journal_that_cannot_write_is_seen_and_so_is_its_recovery(open_store: Opener) -> None:
     """Readiness reads `write_error`: the journal takes events, so a full journal disk must show, and the sync's
     probe write (save_reserved) must clear it once writes work again, with no event needed."""
     import sqlite3
 
     store = await open_store("a")
+    store.reachable = False  # the journal takes events only while Redis cannot be reached
     journal = store._journal_store()
 
     def deny(action: int, *_: object) -> int:
@@ -454,6 +530,7 @@ async def test_a_live_instance_takes_over_a_dead_siblings_journal_at_its_next_sy
         await s.open()
     try:
         await live.put_bidder(record("b1", 10**9))
+        dead.reachable = busy.reachable = False  # cut off from Redis: they acknowledge from their journals
         assert await dead.record_wins([win("x", 700), win("y", 300)]) == [True, True]
         assert await busy.record_wins([win("z", 50)]) == [True]
         await dead.close()  # as kill -9 leaves it: journaled, unshipped, its lock freed by the kernel

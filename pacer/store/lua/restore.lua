@@ -11,5 +11,6 @@ end
 local t = redis.call('TIME')
 local inc = string.format('%d', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
 local ver = redis.call('HINCRBY', h, 'ver', 1)
+redis.call('HINCRBY', h, 'sv', 1)  -- the stated spend is news to every instance (see record.lua)
 redis.call('HSET', h, 'inc', inc, 'cfg', ARGV[1], 'bud', ARGV[2], 'pause', ARGV[3], 'del', '0', 's:' .. ARGV[4], ARGV[5])
 return {ver, tonumber(inc)}

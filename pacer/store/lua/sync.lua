@@ -9,14 +9,14 @@
 --   wins as [[auction id, price micros, period key], ...], auction ids to check].
 -- Reply: one MessagePack array with per bidder: [status, version, incarnation, spent in the period, lease granted,
 --   fleet lease total, config json or '', 1-based indexes of the wins that were duplicates, 1-based indexes of
---   the checked auctions whose wins are counted]. status: 'ok', 'deleted' or 'lost' (no state: the data was lost;
+--   the checked auctions whose wins are counted, the spend version (see record.lua) of that spend]. status: 'ok', 'deleted' or 'lost' (no state: the data was lost;
 --   nothing is written, so spend is never silently reset to zero).
 -- MessagePack, not one argument per field: redis-py packing ~27 arguments and parsing ~10 reply elements per
 -- bidder in Python cost the event loop ~300 ms per sync of 10,000 bidders. Lua numbers are doubles: exact
 -- for money up to 2^53 micros (MAX_MICROS sums stay far below).
 --
 -- The state hash: ver, inc (incarnation: Redis time ms when an operator created or restored the state), cfg
--- (json), bud (budget micros), pause ('1'), del ('1' tombstone), s:<period> spent,
+-- (json), bud (budget micros), pause ('1'), del ('1' tombstone), s:<period> spent, sv (spend version),
 -- and per instance l:<id> lease micros, e:<id> lease expiry (ms, Redis clock), p:<id> lease period,
 -- w:<id> wanted micros. Invariant kept at every grant: spent + sum of live leases <= budget.
 -- Lua turns numbers into strings with 14 significant digits; money needs all of its digits.
@@ -32,9 +32,9 @@ for i = 1, #KEYS / 2 do
   local known, per, want, floor, hold, wins, check = r[1], r[2], r[3], r[4], r[5], r[6], r[7]
   local ver = redis.call('HGET', h, 'ver')
   if not ver then
-    out[i] = {'lost', 0, 0, 0, 0, 0, '', {}, {}}  -- the caller keeps its wins until an operator restores it
+    out[i] = {'lost', 0, 0, 0, 0, 0, '', {}, {}, 0}  -- the caller keeps its wins until an operator restores it
   else
-    local dups = {}
+    local dups, added = {}, false
     if #wins > 0 then
       redis.call('ZREMRANGEBYSCORE', z, '-inf', now - dedupe)
     end
@@ -42,10 +42,12 @@ for i = 1, #KEYS / 2 do
       local aid, price, wper = wins[k][1], wins[k][2], wins[k][3]
       if redis.call('ZADD', z, 'NX', now, aid) == 1 then
         redis.call('HINCRBY', h, 's:' .. wper, int(price))
+        added = true
       else
         dups[#dups + 1] = k
       end
     end
+    if added then redis.call('HINCRBY', h, 'sv', 1) end  -- the spend version (see record.lua)
     -- Wins another instance charged on auctions this one granted: counted yet? (then their reservations go)
     local counted = {}
     for k = 1, #check do
@@ -90,7 +92,8 @@ for i = 1, #KEYS / 2 do
     if st['del'] == '1' then status = 'deleted' end
     local cfg = ''
     if tonumber(ver) ~= known then cfg = st['cfg'] or '' end
-    out[i] = {status, tonumber(ver), tonumber(st['inc'] or '0'), spent, grant, others + grant, cfg, dups, counted}
+    out[i] = {status, tonumber(ver), tonumber(st['inc'] or '0'), spent, grant, others + grant, cfg, dups, counted,
+      tonumber(st['sv'] or '0')}
   end
 end
 return cmsgpack.pack(out)
