@@ -28,8 +28,10 @@ pinned processes), the server's core was not saturated, or wrk saw errors. Round
 MIN_RUNS accepted runs and its median moved by at most STABLE in the last round, or MAX_ROUNDS, or the time
 budget. Then open-loop latency (`loadtest/openloop.py`, median of OPENLOOP_RUNS runs) of b at half its median
 rate, and of a and b0 at the same rate (whose stalls the p99 shows), and `loadtest/fleet_scale.py` (tick, memory,
-Redis sync and auction log costs, in process). Results: a table on stdout and in <out>/bench.md, everything (raw
-runs too) in <out>/bench.json.
+Redis sync and auction log costs, in process). Then bid latency under a connection attack (`loadtest/attack.py`,
+unless --no-attack) and POST /v1/events throughput on Redis next to embedded (`loadtest/bench_events.py`, events/s
+and p99 at batches of 1, 100 and 1,000; unless --no-events; its figures in <out>/events.json). Results: a table on
+stdout and in <out>/bench.md, everything (raw runs too) in <out>/bench.json.
 """
 
 from __future__ import annotations
@@ -235,10 +237,12 @@ class Server:
             self.proc.wait()
 
 
-def start_redis(folder: Path) -> tuple[subprocess.Popen[bytes], int]:
+def start_redis(folder: Path, *options: str) -> tuple[subprocess.Popen[bytes], int]:
+    """redis-server on the load core, no persistence unless `options` (later ones win, e.g. "--appendonly", "yes")
+    say otherwise."""
     port = free_port()
     proc = subprocess.Popen(["taskset", "-c", str(LOAD_CORE), "redis-server", "--port", str(port), "--save", "",
-                             "--appendonly", "no", "--dir", str(folder)], stdout=subprocess.DEVNULL,
+                             "--appendonly", "no", "--dir", str(folder), *options], stdout=subprocess.DEVNULL,
                             start_new_session=True)
     deadline = time.monotonic() + READY_TIMEOUT_S
     while True:  # wait for the port: redis-server has no readiness signal of its own
@@ -507,6 +511,8 @@ def main() -> int:
     parser.add_argument("--only", default="", help="comma-separated targets (e.g. a,b), default all")
     parser.add_argument("--no-fleet", action="store_true", help="skip fleet_scale.py")
     parser.add_argument("--no-attack", action="store_true", help="skip attack.py (bid latency under attack)")
+    parser.add_argument("--no-events", action="store_true",
+                        help="skip bench_events.py (/v1/events throughput, Redis vs embedded)")
     parser.add_argument("--profile", action="store_true",
                         help="also profile pacer (b) under load with py-spy (pip install py-spy): <out>/profile-b.txt")
     args = parser.parse_args()
@@ -646,10 +652,20 @@ def main() -> int:
         attack = ("\n\nBid latency while one client streams an endless header and 1,000 hold silent connections, "
                   "with pacer's connection guards and on uvicorn's plain protocol (`loadtest/attack.py`):\n\n"
                   + table + "\n")
+    events = ""
+    if not args.no_events:
+        wait_quiet()
+        print("events throughput, embedded vs Redis ...", flush=True)  # its progress goes to stderr, shown live
+        out = subprocess.run([sys.executable, str(HERE / "bench_events.py"), "--seconds", "5", "--json",
+                              str(args.out / "events.json")], stdout=subprocess.PIPE, text=True, timeout=900, cwd=REPO)
+        table = out.stdout.strip() or f"bench_events.py failed (exit {out.returncode}): its output is above"
+        if out.stdout.strip() and out.returncode:
+            table += f"\n\n(bench_events.py exit status {out.returncode}: some answers were errors, see its notes)"
+        events = "\n\n" + table + "\n"
     meta: dict[str, Any] = {"date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "cpu": cpu_model(),
                                "seconds": args.seconds, "rounds": rounds, "stopped": stopped,
                                "wall_s": round(time.monotonic() - started)}
-    text = report(targets, runs, ratios, openloops, notes, fleet, meta) + attack
+    text = report(targets, runs, ratios, openloops, notes, fleet, meta) + attack + events
     (args.out / "bench.md").write_text(text)
     (args.out / "bench.json").write_text(json.dumps({
         "meta": meta, "medians": {k: {"rate": median(v, "rate"), "decisions": median(v), "p50_us": median(

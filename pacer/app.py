@@ -42,6 +42,7 @@ from pacer.fleet import Fleet
 from pacer.metrics import PacerCollector
 from pacer.service import BidderNotFound, RefitSettings, Service, VersionMismatch
 from pacer.store import StoreError, open_store
+from pacer.store.base import instance_id
 from pacer.store.redis import BidderLost, RedisStore
 
 log = logging.getLogger("pacer")
@@ -423,12 +424,14 @@ def create_app(settings: Settings | None = None) -> PacerApp:
         ttl_initial_s=settings.ttl_initial_s, control=ControlParams(),
     )
     dedupe_s = settings.dedupe_days * 86400
-    store = open_store(settings.store, settings.journal_dir, dedupe_s)
-    engine = Engine(wall_clock, params, _curve(settings), leased=isinstance(store, RedisStore))
+    instance = instance_id()
+    store = open_store(settings.store, settings.journal_dir, dedupe_s, instance)
+    fleet = isinstance(store, RedisStore)  # the one place that asks: the service reaches the rest via its Fleet
+    engine = Engine(wall_clock, params, _curve(settings), leased=fleet)
     refit = RefitSettings(settings.refit_s, settings.log_url, settings.refit_since, settings.refit_engine,
                           settings.spark_master, settings.refit_timeout_s) if settings.log_url else None
     service = Service(engine, store, params.tick_s, settings.sync_ms / 1000, dedupe_s,
-                      log_flush=(settings.log_flush_s, settings.log_flush_rows), refit=refit)
+                      log_flush=(settings.log_flush_s, settings.log_flush_rows), refit=refit, instance=instance)
     if settings.log_url:
         try:
             service.log = AuctionLogWriter(settings.log_url, service.instance.replace(":", "-"), settings.log_sample,
@@ -438,6 +441,8 @@ def create_app(settings: Settings | None = None) -> PacerApp:
     if isinstance(store, RedisStore):
         service.fleet = Fleet(engine, store, service.versions, settings.sync_ms / 1000,
                               settings.lease_ttl_ms / 1000, dedupe_s)
+    else:
+        service.snapshots = store
     try:
         token, bidders = operator_token(settings), bidder_token(settings)
     except TokenError as exc:

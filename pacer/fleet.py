@@ -150,13 +150,13 @@ class Fleet:
                 if reply.status == "lost" and request.known_version >= 0:
                     unshipped += request.wins  # kept until an operator restores the bidder
                 elif reply.status == "lost" and request.wins:
-                    log.warning("dropped %d wins for bidder %r: no such bidder in the fleet store (they stay in "
-                                "the journal's wins table)", len(request.wins), request.bidder_id)
+                    log.warning("dropped %d wins for bidder %r: no such bidder in the fleet store, here or in Redis",
+                                len(request.wins), request.bidder_id)
                 else:
                     self.duplicates += len(reply.duplicates)
-                bidder = self.engine.bidders.get(request.bidder_id)
-                if bidder is not None and request.known_version >= 0:
-                    self._apply(bidder, request, reply, since.get(request.bidder_id, 0))
+                running = self.engine.bidders.get(request.bidder_id)
+                if running is not None and request.known_version >= 0:
+                    self._apply(running, request, reply, since.get(request.bidder_id, 0))
                     fleet += reply.fleet_leased_micros
         self.store.untake(unshipped)
         kept = set(unshipped)

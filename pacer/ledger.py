@@ -48,7 +48,7 @@ class Ledger:
         self.limit = limit
         self.reserved = 0
         # Money held back after a restart: reservations granted before a crash are unknown, so the last
-        # snapshot of their total is held until they must have expired (see Store.save_reserved).
+        # snapshot of their total is held until they must have expired (see Snapshots.save_reserved).
         self.holdback = 0
         self.holdback_until = 0.0
         self.uncovered = 0

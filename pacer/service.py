@@ -13,12 +13,10 @@ import json
 import logging
 import math
 import os
-import socket
 import sys
 import tempfile
 import threading
 import time
-import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -33,6 +31,7 @@ from pacer.metrics import HttpMetrics
 from pacer.periods import parse_period, period_to_json, window_at
 from pacer.refit.job import publish
 from pacer.store import BidderRecord, Store, StoreError, VersionConflict
+from pacer.store.base import Snapshots, instance_id
 
 if TYPE_CHECKING:
     from pacer.fleet import Fleet
@@ -127,11 +126,14 @@ async def load_bidders(engine: Engine, store: Store, records: list[BidderRecord]
 class Service:
     def __init__(self, engine: Engine, store: Store, tick_s: float, sync_s: float, dedupe_s: float,
                  log: AuctionLogWriter | None = None, log_flush: tuple[float, int] = (10.0, 200_000),
-                 refit: RefitSettings | None = None) -> None:
+                 refit: RefitSettings | None = None, instance: str | None = None) -> None:
         self.engine = engine
         self.store = store
-        self.instance = getattr(store, "instance", f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}")
-        self.fleet: Fleet | None = None  # set when the store is shared (Redis): leases instead of snapshots
+        self.instance = instance or instance_id()
+        # One of the two is set (app.py): a fleet covers open reservations with leases, an instance alone on its
+        # store with snapshots of them.
+        self.fleet: Fleet | None = None
+        self.snapshots: Snapshots | None = None
         self.log = log
         self.log_flush_s, self.log_flush_rows = log_flush
         self.refit = refit
@@ -164,7 +166,8 @@ class Service:
         records = await self.store.load_bidders()
         await load_bidders(self.engine, self.store, records, self.versions)
         now = self.engine.clock()
-        for bidder_id, (micros, until) in (await self.store.load_reserved()).items():
+        held = await self.snapshots.load_reserved() if self.snapshots is not None else {}
+        for bidder_id, (micros, until) in held.items():
             bidder = self.engine.bidders.get(bidder_id)
             if bidder is not None and until > now and micros > 0:
                 bidder.ledger.hold_back(micros, until)
@@ -278,7 +281,7 @@ class Service:
                 if self.fleet is not None:
                     async with self._lock:  # operator writes and config changes from the fleet apply in order
                         await self.fleet.sync()
-                    await self.store.save_reserved({})  # the journal's write probe (readiness)
+                    await self.store.probe_write()  # readiness: the write_error of a store no event wrote to
                 else:
                     await self._snapshot()
                 self.synced_at = time.monotonic()
@@ -389,14 +392,17 @@ class Service:
                 await self.store.unlock(REFIT_LOCK, self.instance)
 
     async def _snapshot(self) -> None:
-        """Write each bidder's open reservations and how long they may still be won (see Store.save_reserved)."""
+        """Write each bidder's open reservations and how long they may still be won (see Snapshots.save_reserved;
+        it also probes the store's writes)."""
+        if self.snapshots is None:
+            return
         until = self.engine.clock() + self.engine.delays.ttl
         snapshot = {}
         for bidder_id, b in self.engine.bidders.items():
             ledger = b.ledger
             if ledger.reserved or ledger.holdback:
                 snapshot[bidder_id] = (ledger.reserved + ledger.holdback, max(until, ledger.holdback_until))
-        await self.store.save_reserved(snapshot)
+        await self.snapshots.save_reserved(snapshot)
 
     # --- operator operations ----------------------------------------------------------------------------------
     # Each is one read-modify-write under the service's lock, so concurrent operator requests apply in order and

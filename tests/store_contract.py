@@ -3,16 +3,21 @@
 Not collected by itself (no test_ prefix). A backend's test module subclasses StoreContract as
 `class TestXStore(StoreContract)` and provides:
 - a `store_factory` fixture: an async callable opening a new store instance on the SAME backing storage each
-  time it is called (so close + reopen can be tested), which closes every instance it made at teardown;
-- `write_fault(store)`: an async context manager inside which every write transaction of `store` fails
-  inside the backend (after some of its statements ran), and outside of which the store works again.
-The store must also expose `commits`: how many write transactions it has committed (group commit check).
+  time it is called (so close + reopen, and two instances, can be tested), which closes every instance it made
+  at teardown;
+- `write_fault(store)`: an async context manager inside which every write of `store` fails inside the backend
+  (after some of its statements ran, where it has several), and outside of which the store works again.
+The store must also expose `commits`: how many write transactions (or round trips) it has made (group commit),
+and `max_micros`: the largest price, and spend per bidder and period, it keeps exactly (past it a write fails).
+Wins are recorded for configured bidders (`configured`): a fleet store keeps the wins of a bidder it has no
+state for aside until an operator restores it (tests/unit/test_store_redis.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
@@ -20,18 +25,27 @@ import pytest
 from pacer.store.base import BidderRecord, Store, StoreError, WinRecord
 
 StoreFactory = Callable[[], Awaitable[Store]]
-INT64_MAX = 2**63 - 1
+
+
+NOW = time.time()
 
 
 def win(
-    auction_id: str, price: int, bidder_id: str = "b1", period: str = "2025-01-01", ts: float = 1000.0
+    auction_id: str, price: int, bidder_id: str = "b1", period: str = "2025-01-01", ts: float = NOW
 ) -> WinRecord:
     return WinRecord(bidder_id, auction_id, price, period, ts)
 
 
 def bidder(bidder_id: str, version: int = 1, **config: object) -> BidderRecord:
-    body: dict[str, object] = {"daily_budget_micros": 5_000_000, "paused": False, **config}
+    """A bidder's config as the operator API writes it; `version` 1 creates it, n + 1 replaces version n."""
+    body: dict[str, object] = {"budget_micros": 5_000_000, "period": {"type": "daily", "timezone": "UTC"},
+                               "paused": False, **config}
     return BidderRecord(bidder_id, body, version, 1700000000.5)
+
+
+async def configured(store: Store, *bidder_ids: str) -> None:
+    for bidder_id in bidder_ids or ("b1", "b2"):
+        await store.put_bidder(bidder(bidder_id))
 
 
 async def check_models(a: Store, b: Store) -> None:
@@ -81,16 +95,17 @@ class StoreContract:
 
     async def test_bidders_round_trip(self, store: Store) -> None:
         assert await store.load_bidders() == []
-        a = bidder("a", 3, targeting={"geo": ["FR", "DE"], "floor": 0.25}, note="é ✓")
+        a = bidder("a", 1, targeting={"geo": ["FR", "DE"], "floor": 0.25}, note="é ✓")
         b = bidder("b", 1)
-        await store.put_bidder(a)
-        await store.put_bidder(b)
+        assert await store.put_bidder(a) == 1
+        assert await store.put_bidder(b) == 1
         assert sorted(await store.load_bidders(), key=lambda r: r.bidder_id) == [a, b]
+        assert await store.load_configs(["b", "nobody", "a"]) == [b, None, a]
 
     async def test_put_bidder_replaces(self, store: Store) -> None:
-        await store.put_bidder(bidder("a", 1, daily_budget_micros=1))
-        new = bidder("a", 2, daily_budget_micros=2, paused=True)
-        await store.put_bidder(new)
+        await store.put_bidder(bidder("a", 1, budget_micros=1))
+        new = bidder("a", 2, budget_micros=2, paused=True)
+        assert await store.put_bidder(new) == 2
         assert await store.load_bidders() == [new]
 
     async def test_delete_bidder(self, store: Store) -> None:
@@ -101,7 +116,7 @@ class StoreContract:
         assert [r.bidder_id for r in await store.load_bidders()] == ["b"]
 
     async def test_delete_bidder_keeps_spend(self, store: Store) -> None:
-        await store.put_bidder(bidder("b1"))
+        await configured(store, "b1")
         await store.record_wins([win("x", 700)])
         await store.delete_bidder("b1")
         assert await store.load_spend([("b1", "2025-01-01")]) == {("b1", "2025-01-01"): 700}
@@ -112,11 +127,13 @@ class StoreContract:
         assert await store.record_wins([]) == []
 
     async def test_duplicate_across_calls(self, store: Store) -> None:
+        await configured(store)
         assert await store.record_wins([win("x", 100), win("y", 20)]) == [True, True]
         assert await store.record_wins([win("x", 100), win("z", 3)]) == [False, True]
         assert await store.load_spend([("b1", "2025-01-01")]) == {("b1", "2025-01-01"): 123}
 
     async def test_duplicate_within_one_call_counts_first(self, store: Store) -> None:
+        await configured(store)
         assert await store.record_wins([win("x", 100), win("x", 999, period="other"), win("y", 1)]) == [
             True,
             False,
@@ -126,11 +143,13 @@ class StoreContract:
         assert spend == {("b1", "2025-01-01"): 101, ("b1", "other"): 0}
 
     async def test_same_auction_for_two_bidders_is_two_wins(self, store: Store) -> None:
+        await configured(store)
         assert await store.record_wins([win("x", 5, "b1"), win("x", 7, "b2")]) == [True, True]
         spend = await store.load_spend([("b1", "2025-01-01"), ("b2", "2025-01-01")])
         assert spend == {("b1", "2025-01-01"): 5, ("b2", "2025-01-01"): 7}
 
     async def test_spend_per_period(self, store: Store) -> None:
+        await configured(store)
         await store.record_wins([win("1", 10, period="d1"), win("2", 20, period="d2"), win("3", 30, "b1", "d1")])
         await store.record_wins([win("4", 1, "b2", period="d1")])
         keys = [("b1", "d1"), ("b1", "d2"), ("b2", "d1"), ("b2", "d2")]
@@ -141,6 +160,7 @@ class StoreContract:
         assert await store.load_spend([("nobody", "d"), ("b1", "d")]) == {("nobody", "d"): 0, ("b1", "d"): 0}
 
     async def test_concurrent_overlapping_wins_counted_once(self, store: Store) -> None:
+        await configured(store)
         def price(n: int) -> int:
             return 1_000 + n * 37
 
@@ -153,47 +173,41 @@ class StoreContract:
         assert await store.load_spend([("b1", "2025-01-01")]) == {("b1", "2025-01-01"): sum(unique.values())}
 
     async def test_group_commit_batches_concurrent_writes(self, store: Store) -> None:
+        await configured(store)
         before = store.commits  # type: ignore[attr-defined]
         results = await asyncio.gather(*(store.record_wins([win(f"a{i}", 1)]) for i in range(200)))
         assert results == [[True]] * 200
         assert store.commits - before < 100  # type: ignore[attr-defined]
 
     async def test_price_out_of_range_rejected(self, store: Store) -> None:
-        for bad in (2**63, -1):
+        await configured(store)
+        for bad in (store.max_micros + 1, 2**63, -1):  # type: ignore[attr-defined]
             with pytest.raises(StoreError):
                 await store.record_wins([win("x", bad)])
         assert await store.record_wins([win("x", 1)]) == [True]
 
     async def test_spend_overflow_fails_only_that_write(self, store: Store) -> None:
-        assert await store.record_wins([win("x", INT64_MAX)]) == [True]
+        await configured(store)
+        most: int = store.max_micros  # type: ignore[attr-defined]
+        assert await store.record_wins([win("x", most)]) == [True]
         overflow, other = await asyncio.gather(
             store.record_wins([win("y", 1)]), store.record_wins([win("z", 5, "b2")]), return_exceptions=True
         )
         assert isinstance(overflow, StoreError)
         assert other == [True]
         spend = await store.load_spend([("b1", "2025-01-01"), ("b2", "2025-01-01")])
-        assert spend == {("b1", "2025-01-01"): INT64_MAX, ("b2", "2025-01-01"): 5}
+        assert spend == {("b1", "2025-01-01"): most, ("b2", "2025-01-01"): 5}
         assert await store.record_wins([win("y", 1, period="next")]) == [True]  # y was not remembered
-
-    # -- reserved snapshot --
-
-    async def test_reserved_snapshot_replaces(self, store: Store) -> None:
-        assert await store.load_reserved() == {}
-        await store.save_reserved({"a": (10, 1.5), "b": (20, 2.0)})
-        assert await store.load_reserved() == {"a": (10, 1.5), "b": (20, 2.0)}
-        await store.save_reserved({"b": (5, 3.0), "c": (0, 3.0)})
-        assert await store.load_reserved() == {"b": (5, 3.0), "c": (0, 3.0)}
-        await store.save_reserved({})
-        assert await store.load_reserved() == {}
 
     # -- prune --
 
     async def test_prune_forgets_dedupe_keys_keeps_spend(self, store: Store) -> None:
-        await store.record_wins([win("old", 100, ts=100.0), win("new", 10, ts=200.0)])
-        assert await store.prune(150.0) == 1
-        assert await store.prune(150.0) == 0
+        await configured(store)
+        await store.record_wins([win("old", 100, ts=NOW - 200), win("new", 10, ts=NOW - 100)])
+        assert await store.prune(NOW - 150) == 1
+        assert await store.prune(NOW - 150) == 0
         assert await store.load_spend([("b1", "2025-01-01")]) == {("b1", "2025-01-01"): 110}
-        assert await store.record_wins([win("old", 100, ts=100.0), win("new", 10, ts=200.0)]) == [True, False]
+        assert await store.record_wins([win("old", 100, ts=NOW - 200), win("new", 10, ts=NOW - 100)]) == [True, False]
 
     # -- models and locks --
 
@@ -207,34 +221,43 @@ class StoreContract:
 
     async def test_durable_across_reopen(self, store_factory: StoreFactory) -> None:
         first = await store_factory()
-        await first.put_bidder(bidder("a", 4))
+        await configured(first, "b1")
         await first.record_wins([win("x", 250), win("y", 50, period="d2")])
-        await first.save_reserved({"a": (77, 9.5)})
         await first.close()
         second = await store_factory()
-        assert await second.load_bidders() == [bidder("a", 4)]
+        assert await second.load_bidders() == [bidder("b1")]
         spend = await second.load_spend([("b1", "2025-01-01"), ("b1", "d2")])
         assert spend == {("b1", "2025-01-01"): 250, ("b1", "d2"): 50}
-        assert await second.load_reserved() == {"a": (77, 9.5)}
         assert await second.record_wins([win("x", 250), win("w", 1)]) == [False, True]
 
     async def test_returned_write_is_committed(self, store_factory: StoreFactory) -> None:
         """Each awaited write is visible to another instance at once: nothing acknowledged is left pending."""
         writer, reader = await store_factory(), await store_factory()
+        await configured(writer, "b1")
         for i in range(1, 6):
             await writer.record_wins([win(f"a{i}", 10)])
             assert await reader.load_spend([("b1", "2025-01-01")]) == {("b1", "2025-01-01"): 10 * i}
-            await writer.save_reserved({"b1": (i, 1.0)})
-            assert await reader.load_reserved() == {"b1": (i, 1.0)}
+            assert await reader.record_wins([win(f"a{i}", 10)]) == [False], "the other instance knows it too"
 
     async def test_close_drains_pending_writes(self, store_factory: StoreFactory) -> None:
         first = await store_factory()
+        await configured(first, "b1")
         tasks = [asyncio.create_task(first.record_wins([win(f"a{i}", 2)])) for i in range(20)]
         await asyncio.sleep(0)  # let the tasks queue their writes (no timing involved)
         await first.close()
         assert [await t for t in tasks] == [[True]] * 20
         second = await store_factory()
         assert await second.load_spend([("b1", "2025-01-01")]) == {("b1", "2025-01-01"): 40}
+
+    async def test_probe_write(self, store: Store) -> None:
+        await store.probe_write()
+        assert store.write_error is None
+        async with self.write_fault(store):
+            with pytest.raises(StoreError):
+                await store.probe_write()
+            assert store.write_error is not None
+        await store.probe_write()
+        assert store.write_error is None
 
     async def test_ping_and_closed_store(self, store: Store) -> None:
         assert await store.ping() is True
@@ -245,6 +268,7 @@ class StoreContract:
             await store.record_wins([win("x", 1)])
 
     async def test_failing_batch_commits_nothing_and_store_recovers(self, store: Store) -> None:
+        await configured(store)
         await store.record_wins([win("before", 1)])
         async with self.write_fault(store):
             results = await asyncio.gather(
@@ -254,7 +278,7 @@ class StoreContract:
                 return_exceptions=True,
             )
             assert all(isinstance(r, StoreError) for r in results), results
-        assert await store.load_bidders() == []
+        assert [r.bidder_id for r in await store.load_bidders()] == ["b1", "b2"]
         spend = await store.load_spend([("b1", "2025-01-01"), ("b2", "2025-01-01")])
         assert spend == {("b1", "2025-01-01"): 1, ("b2", "2025-01-01"): 0}
         assert await store.record_wins([win("x", 100), win("y", 10), win("before", 1)]) == [True, True, False]

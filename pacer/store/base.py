@@ -1,18 +1,26 @@
 """The Store contract: what every backend promises. No backend code here.
 
-Promises, checked by one contract test suite run against every backend:
-- Durability: when an awaited write returns, it survives a crash (kill -9) of this process.
-- Idempotent wins: `record_wins` counts a (bidder_id, auction_id) once, across calls, concurrent calls and
-  restarts (within the dedupe window); it says which of the wins it was given were new.
+Promises, checked by one contract test suite (tests/store_contract.py) run against SQLite and Redis:
+- Durability: when an awaited write returns, it survives a crash (kill -9) of this process, and every other
+  instance on the same store sees it (a fleet's spend is not "visible after the next sync").
+- Idempotent wins: `record_wins` counts a (bidder_id, auction_id) once, across calls, concurrent calls, instances
+  and restarts (within the dedupe window); it says which of the wins it was given were new.
 - Atomicity: a win's dedupe key and its addition to (bidder_id, period_key) spend commit together or not
   at all.
-- Writes from concurrent callers are batched (group commit): many awaiting callers, one transaction.
+- Writes from concurrent callers are batched (group commit): many awaiting callers, one transaction or round trip.
 The hot path never calls a Store: the engine calls it from the event/sync paths only.
+
+What only one kind of store does is not here: an embedded store's snapshot of open reservations (`Snapshots`
+below; a fleet covers them with leases instead), and a fleet store's leases, journal and relay (fleet.py and
+redis.py: the service reaches them through its Fleet only).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import socket
+import uuid
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -24,6 +32,11 @@ class StoreError(Exception):
 class VersionConflict(Exception):
     """A shared store holds another version of the bidder than the writer knew (another instance wrote it, or
     deleted it): nothing was written. The writer re-reads the bidder and decides again."""
+
+
+def instance_id() -> str:
+    """This process's name in the fleet (leases, the refit lock, log file names): host, pid and a random part."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
 def to_json(doc: dict[str, object]) -> str:
@@ -107,14 +120,9 @@ class Store(Protocol):
     async def load_spend(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], int]:
         """Recorded spend in micros for each (bidder_id, period_key); 0 where none."""
 
-    async def save_reserved(self, reserved: dict[str, tuple[int, float]]) -> None:
-        """Snapshot of each bidder's open reservations: (micros, epoch s until which they may still be won),
-        replacing the previous one; written every sync. After a crash the engine holds that much back until
-        then, so wins on auctions granted before the crash cannot overspend (bound: what was granted since the
-        last snapshot)."""
-
-    async def load_reserved(self) -> dict[str, tuple[int, float]]:
-        """The last snapshot written by save_reserved."""
+    async def probe_write(self) -> None:
+        """A small durable write, every sync: a store that answers reads but cannot write (disk full) must show
+        in `write_error` without waiting for the next event, and so must its recovery."""
 
     async def prune(self, before_ts: float) -> int:
         """Forget dedupe keys of wins older than before_ts (spend totals are kept). Returns rows removed."""
@@ -133,3 +141,16 @@ class Store(Protocol):
 
     async def unlock(self, name: str, holder: str) -> None:
         """Release the lock if `holder` still holds it."""
+
+
+class Snapshots(Protocol):
+    """An instance alone on its store (embedded) keeps a snapshot of its open reservations."""
+
+    async def save_reserved(self, reserved: dict[str, tuple[int, float]]) -> None:
+        """Snapshot of each bidder's open reservations: (micros, epoch s until which they may still be won),
+        replacing the previous one; written every sync. After a crash the engine holds that much back until
+        then, so wins on auctions granted before the crash cannot overspend (bound: what was granted since the
+        last snapshot)."""
+
+    async def load_reserved(self) -> dict[str, tuple[int, float]]:
+        """The last snapshot written by save_reserved."""

@@ -21,9 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-import socket
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from importlib import resources
@@ -40,12 +37,12 @@ from redis.crc import key_slot
 from redis.exceptions import NoScriptError, RedisError
 
 from pacer.store import journal
-from pacer.store.base import BidderRecord, ModelRecord, StoreError, VersionConflict, WinRecord, to_json
+from pacer.store.base import BidderRecord, ModelRecord, StoreError, VersionConflict, WinRecord, instance_id, to_json
 from pacer.store.sqlite import SqliteStore
 
 T = TypeVar("T")
 TIMEOUT_S = 1.0  # a Redis that does not answer within this is treated as down: sync fails, bids go on
-MAX_PRICE = 2**53  # Lua numbers are doubles: exact integers up to here
+MAX_PRICE = 2**53  # Lua numbers are doubles: exact integers up to here (prices, and spend: MAX_SPEND in record.lua)
 GROUP = 500  # bidders per Lua call on a plain Redis: one call blocks Redis ~5 ms at most
 PUBLISH_GROUP = 100  # models per publish call (each ~10 KB of JSON)
 
@@ -113,6 +110,7 @@ class _Results:
         self.wins = wins
         self.new: list[bool | None] = [None] * len(wins)
         self.version: dict[str, int] = {}
+        self.failed: set[int] = set()  # refused by Redis: the callers with any of these get an error
 
     def counted_by(self, bidder_id: str, indexes: list[int], duplicates: set[int], version: int) -> None:
         for k, i in enumerate(indexes):
@@ -120,6 +118,8 @@ class _Results:
         self.version[bidder_id] = version
 
     def part(self, lo: int, hi: int) -> _Recorded:
+        if any(lo <= i < hi for i in self.failed):
+            raise StoreError(f"spend would pass {MAX_PRICE} micros, past which Redis's scripts are not exact")
         micros: dict[str, dict[str, int]] = {}
         for w, fresh in zip(self.wins[lo:hi], self.new[lo:hi], strict=True):
             if fresh:
@@ -136,9 +136,8 @@ def _script(name: str) -> str:
 class RedisStore:
     """Store on Redis (or Redis Cluster, detected) plus a local journal folder."""
 
-    shared = True
-
-    def __init__(self, url: str, journal_dir: Path, prefix: str = "pacer", dedupe_s: float = 7 * 86400) -> None:
+    def __init__(self, url: str, journal_dir: Path, prefix: str = "pacer", dedupe_s: float = 7 * 86400,
+                 instance: str | None = None) -> None:
         self.url = url
         self.journal_dir = journal_dir
         self.prefix = prefix
@@ -147,9 +146,10 @@ class RedisStore:
         # fleet's books and the caller's charge of those wins change together (fleet.py).
         self.on_counted: CountedHook | None = None
         self.reachable = True  # False from a failed write to Redis until a sync succeeds: events go to the journal
-        self.instance = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.instance = instance or instance_id()  # names this instance's leases in Redis
         self.cluster = False
-        self.commits = 0  # journal transactions (the contract suite reads it)
+        self.max_micros = MAX_PRICE  # the largest price, and spend per bidder and period, kept exactly
+        self.commits = 0  # record round trips and journal transactions (the contract suite reads it)
         self._redis: Any = None
         self._journal: SqliteStore | None = None
         self._claim: journal.Claim | None = None
@@ -162,14 +162,15 @@ class RedisStore:
         self._sha: dict[str, str] = {}
 
     @classmethod
-    def from_url(cls, url: str, journal_dir: Path, dedupe_s: float = 7 * 86400) -> RedisStore:
+    def from_url(cls, url: str, journal_dir: Path, dedupe_s: float = 7 * 86400,
+                 instance: str | None = None) -> RedisStore:
         """`redis://[user:pass@]host:port/db[?prefix=pacer]` (or rediss://); other query options go to redis-py."""
         parts = urlsplit(url)
         query = dict(parse_qsl(parts.query))
         prefix = query.pop("prefix", "pacer")
         if parts.scheme not in ("redis", "rediss") or not parts.hostname:
             raise StoreError(f"bad redis URL {url!r}: expected redis://host:port/db")
-        return cls(urlunsplit(parts._replace(query=urlencode(query))), journal_dir, prefix, dedupe_s)
+        return cls(urlunsplit(parts._replace(query=urlencode(query))), journal_dir, prefix, dedupe_s, instance)
 
     # --- keys -------------------------------------------------------------------------------------------------
 
@@ -339,7 +340,10 @@ class RedisStore:
             lo = 0
             for wins, future in batches:
                 if not future.done():
-                    future.set_result(results.part(lo, lo + len(wins)))
+                    try:
+                        future.set_result(results.part(lo, lo + len(wins)))
+                    except StoreError as exc:
+                        future.set_exception(exc)
                 lo += len(wins)
 
     async def _record(self, wins: list[WinRecord]) -> _Results:
@@ -354,8 +358,7 @@ class RedisStore:
             keys: list[str] = []
             for j in members:
                 keys += [self._state(bidder_ids[j]), self._wins(bidder_ids[j])]
-            packed = [[(wins[i].auction_id, wins[i].price_micros, wins[i].period_key) for i in by_bidder[bidder_ids[j]]]
-                      for j in members]
+            packed = [[_packed_win(wins[i]) for i in by_bidder[bidder_ids[j]]] for j in members]
             calls.append((members, keys, [self.instance, self.dedupe_ms, _pack(packed)]))
         results = _Results(wins)
         try:
@@ -363,6 +366,7 @@ class RedisStore:
         except StoreError:
             self.reachable = False  # until a sync gets through: no event waits on a Redis that does not answer
             return results
+        self.commits += 1
         for (members, _, _), group in zip(calls, replies, strict=True):
             if isinstance(group, Exception):
                 continue  # this group's wins go to the journal; the sync says what is wrong
@@ -370,6 +374,8 @@ class RedisStore:
                 if status == "ok":
                     results.counted_by(bidder_ids[j], by_bidder[bidder_ids[j]], {int(d) - 1 for d in dups},
                                        int(version))
+                elif status == "overflow":
+                    results.failed.update(by_bidder[bidder_ids[j]])
         return results
 
     async def _queue(self, wins: list[WinRecord]) -> list[bool]:
@@ -383,18 +389,27 @@ class RedisStore:
         values = await self._pipelined(lambda pipe: [pipe.hget(self._state(b), f"s:{period}") for b, period in keys])
         return {key: int(v or 0) for key, v in zip(keys, values, strict=True)}
 
-    async def save_reserved(self, reserved: dict[str, tuple[int, float]]) -> None:
-        """No snapshot is needed (a dead instance's reservations stay covered by its lease in Redis until it
-        expires), but the journal takes the write: events are made durable there, so its disk must be seen to
-        fill up, and to work again, without waiting for the next event."""
-        await self._journal_store().save_reserved({})
-
-    async def load_reserved(self) -> dict[str, tuple[int, float]]:
-        return {}
+    async def probe_write(self) -> None:
+        """The journal takes the write: it takes events while Redis cannot be reached, so its disk must be seen to
+        fill up, and to work again, before it is needed (Redis's side shows in the fleet's sync age)."""
+        await self._journal_store().probe_write()
 
     async def prune(self, before_ts: float) -> int:
-        """Old dedupe keys leave the journal here, and Redis's sets in the sync script."""
-        return await self._journal_store().prune(before_ts)
+        """Forget the dedupe keys of every configured bidder's wins acknowledged before `before_ts` (the scripts
+        also forget a bidder's old keys whenever it wins). Hourly, pipelined GROUP bidders at a time."""
+        registry = await self._call(self._client().hkeys(self._registry))
+        ids = sorted(k.decode() for k in registry)
+        cutoff = f"({int(before_ts * 1000)}"
+        removed = 0
+        for lo in range(0, len(ids), GROUP):
+            part = ids[lo: lo + GROUP]
+
+            def fill(pipe: Any, part: list[str] = part) -> None:
+                for bidder_id in part:
+                    pipe.zremrangebyscore(self._wins(bidder_id), "-inf", cutoff)
+
+            removed += sum(int(n) for n in await self._pipelined(fill))
+        return removed
 
     # --- sync ---------------------------------------------------------------------------------------------------
 
@@ -438,7 +453,7 @@ class RedisStore:
                 r = requests[i]
                 keys += [self._state(r.bidder_id), self._wins(r.bidder_id)]
                 packed.append((r.known_version, r.period_key, r.want_micros, r.floor_micros, r.hold_ms,
-                               [(w.auction_id, w.price_micros, w.period_key) for w in r.wins], r.check))
+                               [_packed_win(w) for w in r.wins], r.check))
             calls.append((members, keys, [self.instance, lease_ttl_ms, dedupe_ms, _pack(packed)]))
         results = await self._run_script("sync", calls, f"{self._registry}:seq")
         for r in results:
@@ -590,6 +605,12 @@ class RedisStore:
 
 
 _pack = msgspec.msgpack.Encoder().encode
+
+
+def _packed_win(w: WinRecord) -> tuple[str, int, str, int]:
+    """A win as record.lua and sync.lua take it; its dedupe key is scored by when it was acknowledged."""
+    return w.auction_id, w.price_micros, w.period_key, int(w.ts * 1000)
+
 _unpack = msgspec.msgpack.Decoder(list[list[Any]]).decode
 
 

@@ -80,6 +80,7 @@ class SqliteStore:
         self.path = path
         self.synchronous = synchronous.upper()
         self.busy_timeout_ms = 5000
+        self.max_micros = INT64_MAX  # the largest price, and spend per bidder and period, kept exactly
         self.commits = 0  # transactions committed: lets tests (and metrics) see that group commit batches
         self._executor: ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None  # touched on the executor thread only
@@ -246,6 +247,9 @@ class SqliteStore:
             conn.execute("INSERT OR REPLACE INTO heartbeat VALUES (1, ?)", (time.time(),))
 
         await self._write(apply)
+
+    async def probe_write(self) -> None:
+        await self._write(lambda conn: conn.execute("INSERT OR REPLACE INTO heartbeat VALUES (1, ?)", (time.time(),)))
 
     async def load_outbox(self) -> list[WinRecord]:
         """Wins journaled but not yet confirmed counted by the shared store, oldest first."""

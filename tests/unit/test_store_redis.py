@@ -7,6 +7,7 @@ Each RedisStore object plays one instance (its own journal folder); several on o
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -19,7 +20,7 @@ from hypothesis import strategies as st
 from pacer.store.base import BidderRecord, StoreError, WinRecord
 from pacer.store.redis import BidderLost, LeaseReply, LeaseRequest, RedisStore
 from tests.redis_server import RedisCluster, RedisServer
-from tests.store_contract import check_lock, check_models
+from tests.store_contract import StoreContract, StoreFactory
 
 PERIOD = "flight:1000"
 TTL_MS = 60_000
@@ -33,7 +34,7 @@ def record(bidder_id: str, budget: int, known: int = 0, paused: bool = False) ->
 
 
 def win(auction_id: str, price: int, bidder_id: str = "b1", period: str = PERIOD) -> WinRecord:
-    return WinRecord(bidder_id, auction_id, price, period, 1000.0)
+    return WinRecord(bidder_id, auction_id, price, period, time.time())
 
 
 def ask(bidder_id: str, want: int, wins: list[WinRecord] | None = None, known: int = 1) -> LeaseRequest:
@@ -75,10 +76,44 @@ async def open_store(tmp_path: Path, redis_server: RedisServer) -> AsyncIterator
         await s.close()
 
 
-async def test_models_and_lock_contract(open_store: Opener) -> None:
-    a, b = await open_store("a"), await open_store("b")
-    await check_models(a, b)
-    await check_lock(a, b)
+class TestRedisStore(StoreContract):
+    """The Store contract (tests/store_contract.py), as for SQLite: each factory call is another instance on the
+    same Redis (and the same journal folder, so a reopened one gets its journal back)."""
+
+    @pytest.fixture
+    async def store_factory(self, tmp_path: Path, redis_server: RedisServer) -> AsyncIterator[StoreFactory]:
+        opened: list[RedisStore] = []
+
+        async def make() -> RedisStore:
+            store = RedisStore.from_url(redis_server.url, tmp_path / "journal")
+            await store.open()
+            opened.append(store)
+            return store
+
+        self.redis_server = redis_server
+        yield make
+        for store in opened:
+            await store.close()
+
+    @contextlib.asynccontextmanager
+    async def write_fault(self, store: RedisStore) -> AsyncIterator[None]:  # type: ignore[override]
+        """Redis is down and the journal the store falls back on refuses writes. After it, one sync: a fleet
+        instance finds Redis back at its next sync."""
+        import sqlite3
+
+        def deny(action: int, *_: object) -> int:
+            writes = (sqlite3.SQLITE_INSERT, sqlite3.SQLITE_UPDATE, sqlite3.SQLITE_DELETE)
+            return sqlite3.SQLITE_DENY if action in writes else sqlite3.SQLITE_OK
+
+        journal = store._journal_store()
+        self.redis_server.stop()
+        await journal._on_thread(lambda: journal._db().set_authorizer(deny))
+        try:
+            yield
+        finally:
+            self.redis_server.start()
+            await journal._on_thread(lambda: journal._db().set_authorizer(None))
+            await store.sync([], TTL_MS, DEDUPE_MS)
 
 
 # --- configuration ----------------------------------------------------------------------------------------------
@@ -500,7 +535,7 @@ async def test_a_bidder_redis_lost_has_its_wins_kept_in_the_journal(open_store: 
 
 async def test_a_journal_that_cannot_write_is_seen_and_so_is_its_recovery(open_store: Opener) -> None:
     """Readiness reads `write_error`: the journal takes events, so a full journal disk must show, and the sync's
-    probe write (save_reserved) must clear it once writes work again, with no event needed."""
+    probe write (probe_write) must clear it once writes work again, with no event needed."""
     import sqlite3
 
     store = await open_store("a")
@@ -516,7 +551,7 @@ async def test_a_journal_that_cannot_write_is_seen_and_so_is_its_recovery(open_s
         await store.record_wins([win("x", 100)])
     assert store.write_error is not None
     await journal._on_thread(lambda: journal._db().set_authorizer(None))
-    await store.save_reserved({})
+    await store.probe_write()
     assert store.write_error is None
 
 

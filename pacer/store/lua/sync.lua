@@ -6,7 +6,7 @@
 -- ARGV: instance id, lease ttl ms, dedupe window ms, then one MessagePack array with per bidder:
 --   [known config version, current period key, wanted lease micros, floor micros (the instance's open
 --   reservations: already granted to the market, so its lease never shrinks below them), reservation hold ms,
---   wins as [[auction id, price micros, period key], ...], auction ids to check].
+--   wins as [[auction id, price micros, period key, acknowledged at epoch ms], ...], auction ids to check].
 -- Reply: one MessagePack array with per bidder: [status, version, incarnation, spent in the period, lease granted,
 --   fleet lease total, config json or '', 1-based indexes of the wins that were duplicates, 1-based indexes of
 --   the checked auctions whose wins are counted, the spend version (see record.lua) of that spend]. status: 'ok', 'deleted' or 'lost' (no state: the data was lost;
@@ -39,8 +39,8 @@ for i = 1, #KEYS / 2 do
       redis.call('ZREMRANGEBYSCORE', z, '-inf', now - dedupe)
     end
     for k = 1, #wins do
-      local aid, price, wper = wins[k][1], wins[k][2], wins[k][3]
-      if redis.call('ZADD', z, 'NX', now, aid) == 1 then
+      local aid, price, wper, at = wins[k][1], wins[k][2], wins[k][3], wins[k][4]
+      if redis.call('ZADD', z, 'NX', at, aid) == 1 then
         redis.call('HINCRBY', h, 's:' .. wper, int(price))
         added = true
       else
