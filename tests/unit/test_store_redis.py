@@ -448,7 +448,7 @@ def _per_bidder(store: RedisStore, ids: list[str]) -> list[LeaseRequest]:
 
 async def test_overspend_bound_is_the_leases_of_instances_that_died_unsynced(tmp_path: Path,
                                                                             redis_server: RedisServer) -> None:
-    """The documented worst case during an outage (docs/architecture.md, "Fleet overspend bound"): N instances cut
+    """The documented worst case during an outage (README, "The fleet overspend bound"): N instances cut
     off from Redis spend their whole lease, acknowledge the wins from their journals and die before a sync gets
     through; their leases lapse and a survivor spends everything that is left; then their journals are replayed.
     Overspend = the leases they held <= N x L_max."""
