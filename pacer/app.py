@@ -440,7 +440,7 @@ def create_app(settings: Settings | None = None) -> PacerApp:
             raise SystemExit(f"pacer: PACER_LOG_URL: {exc}") from None
     if isinstance(store, RedisStore):
         service.fleet = Fleet(engine, store, service.versions, settings.sync_ms / 1000,
-                              settings.lease_ttl_ms / 1000, dedupe_s)
+                              settings.lease_ttl_ms / 1000)
     else:
         service.snapshots = store
     try:

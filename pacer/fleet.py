@@ -36,13 +36,12 @@ class Fleet:
     """Leases, fleet spend and configuration changes for every bidder of one instance."""
 
     def __init__(self, engine: Engine, store: RedisStore, versions: dict[str, int], sync_s: float,
-                 lease_ttl_s: float, dedupe_s: float) -> None:
+                 lease_ttl_s: float) -> None:
         self.engine = engine
         self.store = store
         self.versions = versions  # shared with Service: the config version this instance runs, per bidder
         self.sync_s = sync_s
         self.lease_ttl_s = lease_ttl_s
-        self.dedupe_s = dedupe_s
         self.horizon_s = max(2 * sync_s, 1.0)  # a lease should last until the sync after next
         self.lease_until = 0.0  # monotonic: past this the leases are void here (Redis may have given them away)
         self.revoked = False
@@ -130,7 +129,7 @@ class Fleet:
                              for b in bidders[lo: lo + SYNC_CHUNK]]
             # Wins for bidders this instance does not run (deleted, or not discovered yet) still count in Redis.
             requests += [LeaseRequest(bidder_id, -1, ws[0].period_key, 0, 0, ws) for bidder_id, ws in by_bidder.items()]
-            replies, seq = await self.store.sync(requests, int(self.lease_ttl_s * 1000), int(self.dedupe_s * 1000))
+            replies, seq = await self.store.sync(requests, int(self.lease_ttl_s * 1000))
         except BaseException:
             self.store.untake(wins)
             self.failures += 1

@@ -441,8 +441,7 @@ class RedisStore:
         if wins:
             await self._journal_store().drop_outbox(wins)
 
-    async def sync(self, requests: list[LeaseRequest], lease_ttl_ms: int, dedupe_ms: int
-                   ) -> tuple[list[LeaseReply], int]:
+    async def sync(self, requests: list[LeaseRequest], lease_ttl_ms: int) -> tuple[list[LeaseReply], int]:
         """Ship wins, settle and renew leases for every bidder, and read the registry's change counter: one
         pipelined round trip (per node on a cluster). Returns a reply per request, in order, and the counter."""
         calls = []
@@ -454,7 +453,7 @@ class RedisStore:
                 keys += [self._state(r.bidder_id), self._wins(r.bidder_id)]
                 packed.append((r.known_version, r.period_key, r.want_micros, r.floor_micros, r.hold_ms,
                                [_packed_win(w) for w in r.wins], r.check))
-            calls.append((members, keys, [self.instance, lease_ttl_ms, dedupe_ms, _pack(packed)]))
+            calls.append((members, keys, [self.instance, lease_ttl_ms, self.dedupe_ms, _pack(packed)]))
         results = await self._run_script("sync", calls, f"{self._registry}:seq")
         for r in results:
             if isinstance(r, Exception):

@@ -36,7 +36,7 @@ async def test_grants_while_a_sync_is_in_flight_stay_within_the_floor_asked_for(
         engine = Engine(clock, EngineParams(tick_s=0.1), TrafficCurve.flat(), leased=True)
         versions: dict[str, int] = {}
         await load_bidders(engine, store, await store.load_bidders(), versions)
-        fleet = Fleet(engine, store, versions, sync_s=0.25, lease_ttl_s=5.0, dedupe_s=86400.0)
+        fleet = Fleet(engine, store, versions, sync_s=0.25, lease_ttl_s=5.0)
         engine.tick()
         await fleet.sync()
         ledger = engine.bidders["b1"].ledger
@@ -129,7 +129,7 @@ async def _one_bidder_fleet(redis_server: RedisServer, folder: Path) -> tuple[En
     engine = Engine(clock, EngineParams(tick_s=0.1), TrafficCurve.flat(), leased=True)
     versions: dict[str, int] = {}
     await load_bidders(engine, store, await store.load_bidders(), versions)
-    fleet = Fleet(engine, store, versions, sync_s=0.25, lease_ttl_s=5.0, dedupe_s=86400.0)
+    fleet = Fleet(engine, store, versions, sync_s=0.25, lease_ttl_s=5.0)
     engine.tick()
     await fleet.sync()
     return engine, fleet, store

@@ -24,7 +24,6 @@ from tests.store_contract import StoreContract, StoreFactory
 
 PERIOD = "flight:1000"
 TTL_MS = 60_000
-DEDUPE_MS = 86_400_000
 Opener = Callable[..., Awaitable[RedisStore]]
 
 
@@ -42,7 +41,7 @@ def ask(bidder_id: str, want: int, wins: list[WinRecord] | None = None, known: i
 
 
 async def sync_one(store: RedisStore, request: LeaseRequest, ttl_ms: int = TTL_MS) -> LeaseReply:
-    replies, _ = await store.sync([request], ttl_ms, DEDUPE_MS)
+    replies, _ = await store.sync([request], ttl_ms)
     return replies[0]
 
 
@@ -113,7 +112,7 @@ class TestRedisStore(StoreContract):
         finally:
             self.redis_server.start()
             await journal._on_thread(lambda: journal._db().set_authorizer(None))
-            await store.sync([], TTL_MS, DEDUPE_MS)
+            await store.sync([], TTL_MS)
 
 
 # --- configuration ----------------------------------------------------------------------------------------------
@@ -316,7 +315,7 @@ async def test_every_call_survives_a_restart_that_left_stale_pooled_connections(
         lambda: s.load_spend([("b1", PERIOD)]),
         lambda: s.put_bidder(record("b2", 1_000)),  # its announce is a pipeline
         lambda: s.restore_bidder(record("b1", 1_000), PERIOD, 0),
-        lambda: s.sync([ask("b1", 10)], TTL_MS, DEDUPE_MS),
+        lambda: s.sync([ask("b1", 10)], TTL_MS),
     ]
     for call in calls:
         await asyncio.gather(*(s.load_configs(["b1"]) for _ in range(4)))  # several pooled connections
@@ -330,7 +329,7 @@ async def test_redis_down_is_a_store_error_fast(open_store: Opener, redis_server
     assert await s.record_wins([win("x", 10)]) == [True]
     redis_server.stop()
     with pytest.raises(StoreError):
-        await s.sync([ask("b1", 100)], TTL_MS, DEDUPE_MS)
+        await s.sync([ask("b1", 100)], TTL_MS)
     assert await s.ping() is False
     started = time.monotonic()
     assert await s.record_wins([win("y", 20)]) == [True], "events still journal while Redis is down"
@@ -431,7 +430,7 @@ async def test_cluster_sync_across_slots(tmp_path: Path, redis_cluster: RedisClu
         assert sorted(r.bidder_id for r in await stores[1].load_bidders()) == sorted(ids)
         for s in stores:
             await s.record_wins([win("same", 10, b) for b in ids] + [win(f"own-{s.instance}", 5, b) for b in ids])
-        results = [await s.sync(_per_bidder(s, ids), TTL_MS, DEDUPE_MS) for s in stores]
+        results = [await s.sync(_per_bidder(s, ids), TTL_MS) for s in stores]
         last, _ = results[-1]
         assert [r.spent_micros for r in last] == [20] * len(ids), "10 once + 5 from each instance"
         assert all(r.lease_micros == 100 for r in last)

@@ -50,6 +50,27 @@ class TestSqliteStore(StoreContract):
             await store._on_thread(lambda: store._db().set_authorizer(None))
 
 
+async def test_reserved_snapshot_replaces_and_survives_a_reopen(tmp_path: Path) -> None:
+    """Snapshots (the embedded store's own protocol): each replaces the last, and the last survives a restart."""
+    store = SqliteStore(str(tmp_path / "pacer.db"))
+    await store.open()
+    assert await store.load_reserved() == {}
+    await store.save_reserved({"a": (10, 1.5), "b": (20, 2.0)})
+    assert await store.load_reserved() == {"a": (10, 1.5), "b": (20, 2.0)}
+    await store.save_reserved({"b": (5, 3.0), "c": (0, 3.0)})
+    assert await store.load_reserved() == {"b": (5, 3.0), "c": (0, 3.0)}
+    await store.save_reserved({"a": (77, 9.5)})
+    await store.close()
+    again = SqliteStore(str(tmp_path / "pacer.db"))
+    await again.open()
+    try:
+        assert await again.load_reserved() == {"a": (77, 9.5)}
+        await again.save_reserved({})
+        assert await again.load_reserved() == {}
+    finally:
+        await again.close()
+
+
 @pytest.mark.parametrize(
     ("url", "path", "synchronous"),
     [
