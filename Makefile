@@ -22,7 +22,7 @@ test: $(STAMP) ## lint + the whole test suite (2 workers; real-time flights one 
 	$(BIN)/ruff check pacer tests loadtest
 	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
 
-bench: $(STAMP) ## /v1/bid throughput and latency vs a bare ASGI app and a naive FastAPI+Redis peer, fleet-scale figures (~5 min quiet, at most ~10; 2 cores)
+bench: $(STAMP) ## /v1/bid throughput and latency vs a bare ASGI app and a naive FastAPI+Redis peer, fleet-scale figures, /v1/events throughput on Redis vs embedded (~8 min quiet, at most ~14; 2 cores)
 	@missing=""; for tool in wrk redis-server; do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "bench: installing$$missing with apt-get"; sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
