@@ -216,7 +216,6 @@ class RedisStore:
         while self._flusher is not None and not self._flusher.done():
             await asyncio.shield(self._flusher)  # callers waiting on a round trip get their answer first
         if self._journal is not None:
-            self.commits = self._journal.commits
             await self._journal.close()
             self._journal = None
         if self._claim is not None:
@@ -382,7 +381,7 @@ class RedisStore:
         """Into the journal's outbox (durable), shipped by the next sync that reaches Redis."""
         fresh = await self._journal_store().queue_wins(wins)
         self._pending.extend(w for w, new in zip(wins, fresh, strict=True) if new)
-        self.commits = self._journal_store().commits
+        self.commits += 1
         return fresh
 
     async def load_spend(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], int]:
