@@ -48,7 +48,8 @@ ENV PACER_HOST=0.0.0.0 \
     PACER_PORT=8080 \
     PACER_STORE=sqlite:////var/lib/pacer/pacer.db \
     PACER_OPERATOR_TOKEN_FILE=/var/lib/pacer/operator-token \
-    PACER_MODELS_DIR=/opt/pacer/models
+    PACER_MODELS_DIR=/opt/pacer/models \
+    PACER_LOG_FORMAT=json
 
 WORKDIR /var/lib/pacer
 # Declared after the chown above so a fresh volume is initialised owned by pacer.

@@ -25,9 +25,10 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
+from starlette.types import Message, Receive, Scope, Send
 from starlette.types import Scope as StarletteScope
 
-from pacer import __version__
+from pacer import __version__, logs
 from pacer.api import bidder
 from pacer.api.auth import TokenError, bearer_matches, bidder_token, operator_token
 from pacer.api.errors import ERROR, ApiError, responses
@@ -47,9 +48,6 @@ from pacer.store.redis import BidderLost, RedisStore
 
 log = logging.getLogger("pacer")
 
-Scope = dict[str, Any]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
 _JSON = (b"content-type", b"application/json")
 _encode = msgspec.json.Encoder().encode
 
@@ -358,7 +356,7 @@ class PacerApp:
         body = await _read_body(scope, receive, self._max_body)
         replayed = False
 
-        async def replay() -> dict[str, Any]:
+        async def replay() -> Message:
             nonlocal replayed
             if replayed:
                 return await receive()  # after the body: disconnect notices
@@ -425,6 +423,7 @@ def create_app(settings: Settings | None = None) -> PacerApp:
     )
     dedupe_s = settings.dedupe_days * 86400
     instance = instance_id()
+    logs.set_instance(instance)
     store = open_store(settings.store, settings.journal_dir, dedupe_s, instance)
     fleet = isinstance(store, RedisStore)  # the one place that asks: the service reaches the rest via its Fleet
     engine = Engine(wall_clock, params, _curve(settings), leased=fleet)

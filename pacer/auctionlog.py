@@ -54,7 +54,8 @@ def open_filesystem(url: str) -> tuple[pafs.FileSystem, str]:
     if "://" not in url:
         return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(url))
     try:
-        return pafs.FileSystem.from_uri(url)
+        found: tuple[pafs.FileSystem, str] = pafs.FileSystem.from_uri(url)
+        return found
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
         try:
             import fsspec  # optional: the long tail of filesystems
@@ -163,7 +164,6 @@ class AuctionLogWriter:
         self._waiting: list[pa.Table] = []  # rows a failed write gave back, oldest first
         self._waiting_rows = 0
         self.written_rows = 0
-        self.written_files = 0
         self.dropped_rows = 0
         self.failures = 0
         self.last_error: str | None = None
@@ -236,7 +236,7 @@ class AuctionLogWriter:
             if not table.num_rows:
                 return True
             try:
-                files = self._write_partitions(table)
+                self._write_partitions(table)
             except (OSError, pa.ArrowException) as exc:
                 self.failures += 1
                 if self.last_error is None:
@@ -249,7 +249,6 @@ class AuctionLogWriter:
                 log.warning("auction log: writing to %s works again", self.url)
             self.last_error = None
             self.written_rows += table.num_rows
-            self.written_files += files
             return True
 
     def _wait(self, table: pa.Table) -> None:
@@ -274,7 +273,7 @@ class AuctionLogWriter:
         self._rows, self._waiting, self._waiting_rows = Rows(), [], 0
         return lost
 
-    def _write_partitions(self, table: pa.Table) -> int:
+    def _write_partitions(self, table: pa.Table) -> None:
         hours = table.column("ts").cast(pa.int64()).to_numpy() // 3_600_000
         distinct = np.unique(hours)
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
@@ -292,7 +291,6 @@ class AuctionLogWriter:
                 self.fs.move(tmp, f"{folder}/{name}")
             else:  # object stores publish an object only once it is complete
                 pq.write_table(part, f"{folder}/{name}", filesystem=self.fs, compression="zstd")
-        return len(distinct)
 
     def status(self) -> dict[str, object]:
         return {"url": self.url, "ok": self.ok, "sample": self.sample, "written_rows": self.written_rows,

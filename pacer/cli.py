@@ -15,6 +15,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     from pacer.api.auth import TokenError, bidder_token, operator_token
     from pacer.connections import GuardedHttpToolsProtocol, raise_fd_limit
+    from pacer.logs import log_config
 
     # Flags override PACER_* variables; the app (possibly in worker processes) reads the same variables.
     for flag, env in (("host", "PACER_HOST"), ("port", "PACER_PORT"), ("store", "PACER_STORE")):
@@ -40,7 +41,7 @@ def _serve(args: argparse.Namespace) -> int:
     uvicorn.run(
         "pacer.app:create_app", factory=True, host=settings.host, port=settings.port, workers=args.workers,
         loop="uvloop", http=GuardedHttpToolsProtocol, timeout_keep_alive=settings.keep_alive_s, access_log=False,
-        log_level=settings.log_level,
+        log_level=settings.log_level, log_config=log_config(settings.log_format, settings.log_level),
     )
     return 0
 

@@ -47,6 +47,7 @@ class Settings(BaseSettings):
     spark_master: str | None = None  # with refit_engine=spark: the cluster URL (default local[*])
     refit_timeout_s: float = 1800.0  # a refit that runs longer is stopped (and its lock released)
     log_level: str = "info"
+    log_format: Literal["text", "json"] = "text"  # json: one JSON object per line (the Docker image's default)
     # Any request body above this is refused (413) before it is read further: 1,000 events of ~200 bytes take a
     # fifth of it; an operator body is a few hundred bytes.
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024, le=64 * 1024 * 1024)

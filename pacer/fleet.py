@@ -150,7 +150,7 @@ class Fleet:
                     unshipped += request.wins  # kept until an operator restores the bidder
                 elif reply.status == "lost" and request.wins:
                     log.warning("dropped %d wins for bidder %r: no such bidder in the fleet store, here or in Redis",
-                                len(request.wins), request.bidder_id)
+                                len(request.wins), request.bidder_id, extra={"bidder": request.bidder_id})
                 else:
                     self.duplicates += len(reply.duplicates)
                 running = self.engine.bidders.get(request.bidder_id)
@@ -242,7 +242,8 @@ class Fleet:
         self._incarnation[bidder_id] = reply.incarnation
         if bidder.lost or restored:
             bidder.lost = False
-            log.warning("bidder %s: state restored in Redis (spent %d): granting again", bidder_id, reply.spent_micros)
+            log.warning("bidder %s: state restored in Redis (spent %d): granting again", bidder_id, reply.spent_micros,
+                        extra={"bidder": bidder_id})
         if reply.config is not None and reply.version != self.versions.get(bidder_id):
             bidder = self.engine.configure(bidder_id, config_from_json(reply.config), reply.spent_micros)
             self.versions[bidder_id] = reply.version
@@ -264,7 +265,8 @@ class Fleet:
     def _lose(self, bidder: Bidder, why: str) -> None:
         if not bidder.lost:
             log.error("bidder %s: the fleet store lost its spend (%s): granting nothing until an operator restores "
-                      "it (POST /v1/bidders/%s/restore)", bidder.bidder_id, why, bidder.bidder_id)
+                      "it (POST /v1/bidders/%s/restore)", bidder.bidder_id, why, bidder.bidder_id,
+                      extra={"bidder": bidder.bidder_id})
         bidder.lost = True
         bidder.ledger.limit = 0
 

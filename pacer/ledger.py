@@ -20,7 +20,6 @@ class Capture:
     grant time is known (feeds the adaptive reservation TTL)."""
 
     matched: bool
-    reserved_micros: int
     delay: float | None
 
 
@@ -104,14 +103,14 @@ class Ledger:
             granted_at = self._granted.pop(auction_id)
             self.reserved -= micros
             self.uncovered += max(0, price_micros - micros)
-            return Capture(True, micros, now - granted_at)
+            return Capture(True, now - granted_at)
         granted_at_or_none = self._expired.pop(auction_id, None)
         # Unmatched money first uses up the post-restart holdback, which exists to cover exactly this.
         covered = min(self.holdback, price_micros)
         self.holdback -= covered
         self.uncovered += price_micros - covered
         delay = None if granted_at_or_none is None else now - granted_at_or_none
-        return Capture(False, 0, delay)
+        return Capture(False, delay)
 
     def hold_elsewhere(self, auction_id: str) -> None:
         """Another instance charged a win on this grant: keep its money held, past its expiry, until released."""

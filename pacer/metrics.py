@@ -21,18 +21,29 @@ if TYPE_CHECKING:
 
 # Seconds; dense below 2 ms, where the bid path's goal lies.
 BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 2.5)
+# Background loops (a tick, a sync) and how late the event loop runs a timer: 1 ms to 10 s.
+LOOP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
 
 
 class Histogram:
-    __slots__ = ("counts", "total")
+    __slots__ = ("buckets", "counts", "total")
 
-    def __init__(self) -> None:
-        self.counts = [0] * (len(BUCKETS) + 1)
+    def __init__(self, buckets: tuple[float, ...] = BUCKETS) -> None:
+        self.buckets = buckets
+        self.counts = [0] * (len(buckets) + 1)
         self.total = 0.0
 
     def observe(self, seconds: float) -> None:
-        self.counts[bisect_left(BUCKETS, seconds)] += 1
+        self.counts[bisect_left(self.buckets, seconds)] += 1
         self.total += seconds
+
+    def cumulative(self) -> list[tuple[str, int]]:
+        """(upper bound, count at or below it) per bucket, +Inf last: Prometheus's form."""
+        total, out = 0, []
+        for bound, count in zip((*self.buckets, float("inf")), self.counts, strict=True):
+            total += count
+            out.append((str(bound) if bound != float("inf") else "+Inf", total))
+        return out
 
 
 class HttpMetrics:
@@ -98,7 +109,7 @@ class PacerCollector(Collector):
                                   value=service.model_errors)
         background = CounterMetricFamily("pacer_background_errors", "Exceptions a background loop survived",
                                          labels=["loop"])
-        for loop in ("tick", "sync", "relay", "log", "refit"):
+        for loop in ("tick", "sync", "lag", "relay", "log", "refit"):
             background.add_metric([loop], service.background_errors.get(loop, 0))
         yield background
         errors = CounterMetricFamily("pacer_store_errors", "Store operations that failed", labels=["op"])
@@ -111,12 +122,18 @@ class PacerCollector(Collector):
         yield requests
         latency = HistogramMetricFamily("pacer_request_duration_seconds", "Request latency", labels=["route"])
         for route, hist in service.http.latency.items():
-            cumulative, buckets = 0, []
-            for bound, count in zip((*BUCKETS, float("inf")), hist.counts, strict=True):
-                cumulative += count
-                buckets.append((str(bound) if bound != float("inf") else "+Inf", cumulative))
-            latency.add_metric([route], buckets, hist.total)
+            latency.add_metric([route], hist.cumulative(), hist.total)
         yield latency
+        for name, helptext, hist in (
+            ("pacer_tick_seconds", "Wall time of one pacing tick, yields to bids included", service.tick_seconds),
+            ("pacer_sync_seconds", "Wall time of one sync with the store (fleet sync or snapshot)",
+             service.sync_seconds),
+            ("pacer_event_loop_lag_seconds", "How late the event loop ran a 100 ms timer (a stall of the bid path)",
+             service.loop_lag),
+        ):
+            family = HistogramMetricFamily(name, helptext)
+            family.add_metric([], hist.cumulative(), hist.total)
+            yield family
 
 
 def _log_metrics(log: AuctionLogWriter) -> Iterator[Metric]:

@@ -27,7 +27,8 @@ from typing import TYPE_CHECKING, TypeVar
 
 from pacer.auctionlog import AuctionLogWriter
 from pacer.engine import BidderConfig, Engine
-from pacer.metrics import HttpMetrics
+from pacer.logs import current_loop
+from pacer.metrics import LOOP_BUCKETS, Histogram, HttpMetrics
 from pacer.periods import parse_period, period_to_json, window_at
 from pacer.refit.job import publish
 from pacer.store import BidderRecord, Store, StoreError, VersionConflict
@@ -51,6 +52,7 @@ RESTART_S = 0.1  # a background loop that raised starts again after this pause (
 ERROR_LOG_EVERY_S = 60.0  # a loop that keeps failing logs its traceback at most this often (all are counted)
 TICK_STALE_TICKS, SYNC_STALE_SYNCS, STALE_MIN_S = 10, 2, 2.0  # /readyz: how old the last tick or write may be
 CONFLICT_RETRIES = 3  # fleet: a write that met a newer version re-reads the bidder and tries again this often
+LAG_PROBE_S = 0.1  # the event-loop lag probe's period
 LOG_STOP_S = 5.0  # at shutdown, how long the auction log may take to write what it holds
 
 
@@ -153,6 +155,9 @@ class Service:
         self._background = ThreadPoolExecutor(1, "pacer-log", initializer=background_priority)
         self.background_errors: Counter[str] = Counter()  # exceptions the background loops survived, by loop
         self._error_logged: dict[str, float] = {}
+        self.tick_seconds = Histogram(LOOP_BUCKETS)
+        self.sync_seconds = Histogram(LOOP_BUCKETS)
+        self.loop_lag = Histogram(LOOP_BUCKETS)
         self.ticked_at = time.monotonic()  # the last completed tick (readiness: the pacing loop is alive)
         self.synced_at = time.monotonic()  # the last sync that reached the store (a write: readiness)
 
@@ -178,7 +183,8 @@ class Service:
         log.info("loaded %d bidders, %d fitted models", len(records), sum(1 for m in self.engine.models.values() if m))
         self._freeze_long_lived(force=True)
         self.ticked_at = self.synced_at = time.monotonic()
-        loops: dict[str, Callable[[], Awaitable[None]]] = {"tick": self._tick_loop, "sync": self._sync_loop}
+        loops: dict[str, Callable[[], Awaitable[None]]] = {"tick": self._tick_loop, "sync": self._sync_loop,
+                                                           "lag": self._lag_probe}
         if self.fleet is not None:
             loops["relay"] = self.fleet.relay
         if self.log is not None:
@@ -229,6 +235,7 @@ class Service:
         (at most every ERROR_LOG_EVERY_S per loop), counted (pacer_background_errors_total{loop}), and the loop
         starts again. A loop that died silently would leave reservations unexpired and budgets unplanned while
         /readyz still said ready."""
+        current_loop.set(name)  # this task's own context: its log records name the loop
         while True:
             try:
                 await loop()
@@ -267,9 +274,19 @@ class Service:
                 if self.engine.lease_short != self._short_seen:
                     self._short_seen = self.engine.lease_short
                     self._sync_now.set()
+            started = time.monotonic()
             for _ in self.engine.tick_steps():
                 await asyncio.sleep(0)  # let waiting bids through between chunks
             self.ticked_at = time.monotonic()
+            self.tick_seconds.observe(self.ticked_at - started)
+
+    async def _lag_probe(self) -> None:
+        """How late the event loop runs a timer: every stall of the bid path (a long tick step, a collection, a
+        blocking call) shows as lag."""
+        while True:
+            due = time.monotonic() + LAG_PROBE_S
+            await asyncio.sleep(LAG_PROBE_S)  # a periodic probe: the lateness is the measurement
+            self.loop_lag.observe(max(0.0, time.monotonic() - due))
 
     async def _sync_loop(self) -> None:
         last_prune = 0.0
@@ -277,6 +294,7 @@ class Service:
             with contextlib.suppress(TimeoutError):  # the sync period, or earlier when a lease ran short
                 await asyncio.wait_for(self._sync_now.wait(), self.sync_s)
             self._sync_now.clear()
+            started = time.monotonic()
             try:
                 if self.fleet is not None:
                     async with self._lock:  # operator writes and config changes from the fleet apply in order
@@ -285,6 +303,7 @@ class Service:
                 else:
                     await self._snapshot()
                 self.synced_at = time.monotonic()
+                self.sync_seconds.observe(self.synced_at - started)
                 await self.load_models()
                 if time.monotonic() - last_prune > PRUNE_EVERY_S:
                     await self.store.prune(self.engine.clock() - self.dedupe_s)
@@ -384,7 +403,8 @@ class Service:
             rejected = [r for r in rows if r["model"] is None]
             log.info("refit: %d bidders fitted, %d rejected", len(rows) - len(rejected), len(rejected))
             for r in rejected[:REJECTIONS_LOGGED]:  # every reason is in the bidder's status (model.last_fit)
-                log.info("refit: bidder %r keeps its model: %s", r["bidder_id"], r["fit"]["reason"])
+                log.info("refit: bidder %r keeps its model: %s", r["bidder_id"], r["fit"]["reason"],
+                         extra={"bidder": r["bidder_id"]})
             await self.load_models()
             return "ok"
         finally:

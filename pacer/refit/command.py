@@ -88,10 +88,10 @@ async def _run(args: argparse.Namespace) -> int:
     try:
         if store is not None and not args.timezones:
             timezones = {
-                r.bidder_id: str(r.config["period"]["timezone"])  # type: ignore[index]
+                r.bidder_id: str(period["timezone"])
                 for r in await store.load_bidders()
-                if "timezone" in r.config["period"]
-            }  # type: ignore[operator]
+                if isinstance(period := r.config["period"], dict) and "timezone" in period  # always a dict
+            }
         prior = TrafficCurve.load(Path(settings.models_dir) / "prior" / "traffic.json")
         started = time.perf_counter()
         outcomes = refit(
@@ -143,13 +143,13 @@ def _table(outcomes: dict[str, FitOutcome]) -> str:
         s = o.summary
         doc = o.model or {}
         err = doc.get("fit_error") or {}
-        cv, cal = err.get("traffic_cv"), err.get("landscape_calibration")  # type: ignore[union-attr]
+        cv, cal = err.get("traffic_cv"), err.get("landscape_calibration")
         result = (
             f"fitted (bandwidth {doc['traffic']['bandwidth_slots']} slots, own weight "
             f"{doc['traffic']['own_weight']:.2f})"
             if o.model
             else f"rejected: {o.reason}"
-        )  # type: ignore[index]
+        )
         lines.append(
             f"{bidder_id[:16]:<16} {s.get('rows', 0):>9} {s.get('decisions', 0):>10.0f} "
             f"{s.get('days', 0):>5.1f} {_num(cv):>10} {_num(cal):>9}  {result}"

@@ -20,6 +20,7 @@ from pacer.refit.rollup import BINS_PER_E, Columns
 
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
+Real = npt.NDArray[np.floating[Any] | np.integer[Any]]
 
 MAX_POINTS = 64  # grid points per landscape: at 20 bins per e, 64 points span e^3.2 (25x) bin by bin
 # A loss in bin i says M > its bid, which lies somewhere inside bin i. Plain KM's tie rule (events before
@@ -126,7 +127,7 @@ def _first_price(g_bin: I64, g_n: F64, g_wins: F64) -> tuple[F64, F64, F64]:
     return mids, np.clip(isotonic(wins / n, n), 0.0, 1.0), mids
 
 
-def isotonic(y: F64, w: F64) -> F64:
+def isotonic(y: Real, w: Real) -> F64:
     """Weighted least-squares non-decreasing fit (pool adjacent violators)."""
     values: list[float] = []
     weights: list[float] = []

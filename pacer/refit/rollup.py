@@ -39,12 +39,6 @@ def bin_of(micros: float) -> int:
     return math.floor(math.log(micros) * BINS_PER_E)
 
 
-def bin_edges(bins: npt.NDArray[np.int64]) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
-    """(low, high) micros of each bin."""
-    b = np.asarray(bins, dtype=np.float64)
-    return np.exp(b / BINS_PER_E), np.exp((b + 1) / BINS_PER_E)
-
-
 @dataclass(frozen=True)
 class Rollup:
     """The rollup's four parts, each a dict of equal-length numpy columns (`bidder` is an object array of str).

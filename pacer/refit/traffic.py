@@ -68,11 +68,12 @@ def group_by_bidder(bidder: npt.NDArray[np.generic]) -> dict[str, I64]:
 def kernel(bandwidth: float) -> F64:
     """Circular Gaussian weights over the 288 slot offsets (index j = offset j, wrapping midnight), sum 1."""
     j = np.arange(SLOTS)
-    dist = np.minimum(j, SLOTS - j).astype(np.float64)
+    dist: F64 = np.minimum(j, SLOTS - j).astype(np.float64)
     if bandwidth <= 0:
-        return (dist == 0).astype(np.float64)
-    k = np.exp(-0.5 * (dist / bandwidth) ** 2)
-    return k / k.sum()
+        centre: npt.NDArray[np.bool_] = dist == 0
+        return centre.astype(np.float64)
+    k: F64 = np.exp(-0.5 * (dist / bandwidth) ** 2)
+    return np.asarray(k / k.sum(), dtype=np.float64)
 
 
 @dataclass(frozen=True)
@@ -181,7 +182,7 @@ def _fill(own: F64, base: F64) -> F64:
     unobserved entries from `base`."""
     seen = np.isfinite(own)
     if not seen.any() or np.nansum(own) <= 0 or base[seen].sum() <= 0:
-        return base / base.sum()
+        return np.asarray(base / base.sum(), dtype=np.float64)
     out = np.where(seen, own / np.nansum(own) * base[seen].sum(), base)
     return np.asarray(out / out.sum(), dtype=np.float64)
 
@@ -190,7 +191,7 @@ def _fill_weekdays(own: F64, base: F64) -> F64:
     """Weekday factors with unseen weekdays taken from `base`, on the scale of the seen ones; mean 1."""
     seen = np.isfinite(own)
     if not seen.any() or own[seen].mean() <= 0:
-        return base / base.mean()
+        return np.asarray(base / base.mean(), dtype=np.float64)
     out = np.where(seen, own / own[seen].mean() * base[seen].mean(), base)
     return np.asarray(out / out.mean(), dtype=np.float64)
 
@@ -216,7 +217,7 @@ class _Zone:
         at = [round(utc_offset(tz, d * DAY_S) / SLOT_S) for d in range(d0, d1 + 2)]
         per_slot = np.repeat(np.asarray(at[:-1], dtype=np.int64), SLOTS)
         for i in np.flatnonzero(np.diff(at)):  # a DST change within this UTC day: offsets slot by slot
-            day = (d0 + i) * SLOTS
+            day = (d0 + int(i)) * SLOTS
             per_slot[i * SLOTS : (i + 1) * SLOTS] = [
                 round(utc_offset(tz, (day + s) * SLOT_S) / SLOT_S) for s in range(SLOTS)
             ]
@@ -235,7 +236,9 @@ def _bidder_days(zone: _Zone, u: I64, n: F64, u0: int, until_days: float, half_l
     local = u + zone.offset[u - u0]
     first, last = int(local.min() // SLOTS), int(local.max() // SLOTS)
     n_days = last - first + 1
-    counts = np.bincount(local - first * SLOTS, weights=n, minlength=n_days * SLOTS).reshape(n_days, SLOTS)
+    # bincount with weights is float64 (its stub says intp): asarray only tells mypy so, and copies nothing
+    counts = np.asarray(np.bincount(local - first * SLOTS, weights=n, minlength=n_days * SLOTS), dtype=np.float64)
+    counts = counts.reshape(n_days, SLOTS)
     expo = zone.expo[first - zone.first_day : last - zone.first_day + 1]
     weight = _recency(first, n_days, until_days + zone.until_offset_days, half_life)
     return _Days(first, counts, expo, weight)

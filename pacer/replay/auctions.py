@@ -113,7 +113,7 @@ def _micros(path: Path, table: pa.Table, name: str) -> npt.NDArray[np.int64]:
     col = table.column(name)
     if not pa.types.is_integer(col.type):
         raise LogError(f"{path}: column {name}: integer micros expected, got {col.type}")
-    values = col.to_numpy().astype(np.int64)
+    values: npt.NDArray[np.int64] = col.to_numpy().astype(np.int64)
     bad = (values < 0) | (values > MAX_MICROS)
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
@@ -127,9 +127,11 @@ def _seconds(path: Path, col: pa.ChunkedArray) -> npt.NDArray[np.float64]:
             raise LogError(f"{path}: column ts: timestamps without a time zone; write RFC 3339 with an offset "
                            "(e.g. 2026-11-24T08:00:00Z) or epoch milliseconds")
         us = pc.cast(col, pa.timestamp("us", col.type.tz)).cast(pa.int64())
-        return us.to_numpy().astype(np.float64) / 1e6
+        micros: npt.NDArray[np.float64] = us.to_numpy().astype(np.float64)
+        return micros / 1e6
     if pa.types.is_integer(col.type):
-        return col.to_numpy().astype(np.float64) / 1000.0
+        millis: npt.NDArray[np.float64] = col.to_numpy().astype(np.float64)
+        return millis / 1000.0
     if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
         values = col.to_numpy(zero_copy_only=False)
         uniq, inverse = np.unique(values, return_inverse=True)

@@ -85,7 +85,9 @@ def plot(curves: dict[str, dict[str, object]], path: Path) -> None:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(9, 5))
     first = next(iter(curves.values()))
-    dates = [datetime.fromtimestamp(t, UTC) for t in first["t"]]  # type: ignore[union-attr]
+    times = first["t"]
+    assert isinstance(times, list)  # as run_one builds it
+    dates = [datetime.fromtimestamp(t, UTC) for t in times]
     ax.plot(dates, first["target"], color="0.3", linestyle="--", linewidth=2, label="target (traffic curve)")
     for strategy, c in curves.items():
         ax.plot(dates, c["spend"], label=strategy, linewidth=2 if strategy == "pacer" else 1)

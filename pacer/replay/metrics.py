@@ -147,7 +147,9 @@ def metrics(result: ReplayResult) -> dict[str, object]:
 
 def summary(doc: dict[str, object]) -> dict[str, float]:
     """One row for a whole replay: means over bidders, and the worst delivery and overspend."""
-    rows = list(doc["bidders"].values())  # type: ignore[union-attr]
+    bidders = doc["bidders"]
+    assert isinstance(bidders, dict)  # as metrics() builds it
+    rows = list(bidders.values())
 
     def col(key: str) -> npt.NDArray[np.float64]:
         return np.array([r[key] for r in rows], dtype=np.float64)
@@ -169,7 +171,9 @@ def format_table(doc: dict[str, object]) -> str:
     head = (f"{'bidder':<12} {'budget':>12} {'delivery':>8} {'over':>6} {'value/opt':>9} {'max_dev':>7} "
             f"{'rmse':>6} {'eCPM':>7} {'vol':>6}  exhausted_at")
     lines = [f"strategy {doc['strategy']}, {doc.get('auction', 'second')} price", head, "-" * len(head)]
-    for name, r in doc["bidders"].items():  # type: ignore[union-attr]
+    bidders = doc["bidders"]
+    assert isinstance(bidders, dict)  # as metrics() builds it
+    for name, r in bidders.items():
         lines.append(
             f"{name:<12} {r['budget_micros']:>12} {r['delivery']:>8.2%} {r['overspend']:>6.2%} "
             f"{r['value_ratio']:>9.3f} {r['max_dev']:>7.2%} {r['smooth_rmse']:>6.3f} {r['ecpm_micros']:>7} "

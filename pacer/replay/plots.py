@@ -5,8 +5,10 @@ matplotlib (the `replay` extra) with the headless Agg backend; imported only whe
 
 from __future__ import annotations
 
+import importlib
 from datetime import UTC, datetime
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 
@@ -14,15 +16,14 @@ from pacer.replay.metrics import windows
 from pacer.replay.run import ReplayResult
 
 
-def _pyplot():  # type: ignore[no-untyped-def]
+def _pyplot() -> ModuleType:
+    """matplotlib.pyplot on the headless Agg backend."""
     try:
         import matplotlib
     except ImportError as exc:
         raise RuntimeError("PNG plots need matplotlib: pip install 'pacer[replay]' (or pass --no-plots)") from exc
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return importlib.import_module("matplotlib.pyplot")
 
 
 def _dates(ts: np.ndarray) -> list[datetime]:

@@ -100,7 +100,12 @@ class SyntheticSpec:
                 raise SpecError(f"spec.{key}: a number expected")
             elif isinstance(default, str) and not isinstance(value, str):
                 raise SpecError(f"spec.{key}: a string expected")
-            values[key] = int(value) if isinstance(default, int) and not isinstance(default, bool) else value
+            # an int field's value already passed the number check above: the last isinstance only narrows it for mypy
+            values[key] = (
+                int(value)
+                if isinstance(default, int) and not isinstance(default, bool) and isinstance(value, int | float)
+                else value
+            )
         spec = cls(**values)  # type: ignore[arg-type]
         spec.validate()
         return spec
@@ -162,6 +167,7 @@ def minute_rates(spec: SyntheticSpec, prior: TrafficCurve, region: F64 | None, o
     day = np.floor(local / 86400.0)
     minute_of_day = (local - day * 86400.0) / 60.0
     dow = ((day.astype(np.int64) + 3) % 7).astype(np.int64)  # 1970-01-01 was a Thursday; Monday = 0
+    shape: F64
     if spec.shape == "flat":
         shape = np.ones_like(minute_of_day)
     elif spec.shape == "cosine":

@@ -528,8 +528,8 @@ class RedisStore:
                 if message is None:
                     continue
                 sender, notices = json.loads(message["data"])
-                if sender != self.instance:  # [bidder, auction, won]; a pair (older senders) may be a win
-                    yield [(n[0], n[1], bool(n[2]) if len(n) > 2 else True) for n in notices]
+                if sender != self.instance:  # [bidder, auction, won]
+                    yield [(n[0], n[1], bool(n[2])) for n in notices]
         finally:
             with contextlib.suppress(RedisError, OSError):
                 await pubsub.aclose()

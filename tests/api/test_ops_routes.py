@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
+import time
 from typing import Any
 
 import httpx
@@ -59,6 +61,21 @@ async def test_metrics(client: httpx.AsyncClient) -> None:
     assert bid_buckets and bid_buckets[-1] == 2.0  # +Inf bucket: both bids
     assert re.search(r'^pacer_request_duration_seconds_count\{route="/v1/bid"\} 2\.0$', text, re.M)
     assert re.search(r'^pacer_requests_total\{route="/v1/bid",status="200"\} 2\.0$', text, re.M)
+
+
+async def test_metrics_show_the_loops_tick_sync_and_event_loop_lag(client: httpx.AsyncClient) -> None:
+    """Issue 14: how long ticks and syncs take, and how late the event loop runs a timer, are histograms."""
+    names = ("pacer_tick_seconds", "pacer_sync_seconds", "pacer_event_loop_lag_seconds")
+    deadline = time.monotonic() + 10.0
+    while True:
+        text = (await client.get("/metrics")).text
+        counts = {n: re.search(rf"^{n}_count (\S+)$", text, re.M) for n in names}
+        if all(m is not None and float(m.group(1)) >= 1 for m in counts.values()):
+            break
+        assert time.monotonic() < deadline, {n: m and m.group(0) for n, m in counts.items()}
+        await asyncio.sleep(0.05)
+    for name in names:
+        assert re.search(rf'^{name}_bucket\{{le="\+Inf"\}} ', text, re.M), name
 
 
 async def test_metrics_count_rejected_requests(client: httpx.AsyncClient) -> None:

@@ -68,9 +68,9 @@ class PacerServer:
         # The simulated exchange sends win notices within 50-150 ms, so the reservation TTL may go below the
         # production floor of 1 s (as an operator facing such an exchange would set it); with the 1 s floor the
         # unreported losses of the last second of a 20 s flight hold 5-8% of its budget past the end.
-        env.update(PACER_OPERATOR_TOKEN=self.token, PACER_TICK_MS="100", PACER_LOG_LEVEL="warning",
-                   PACER_TTL_MIN_S="0.3", **self.env,
-                   PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])))
+        env.update({"PACER_OPERATOR_TOKEN": self.token, "PACER_TICK_MS": "100", "PACER_LOG_LEVEL": "warning",
+                    "PACER_TTL_MIN_S": "0.3", **self.env,
+                    "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))})
         if self._log is not None:
             self._log.close()
         self._log = self._log_path.open("ab")

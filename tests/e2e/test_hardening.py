@@ -5,6 +5,7 @@ EFBIG, as on a full disk; Python ignores the SIGXFSZ that comes with it)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import resource
 import stat
@@ -95,3 +96,19 @@ async def wait_for_status(client: httpx.AsyncClient, status: int, timeout: float
         if time.monotonic() > deadline:
             raise AssertionError(f"/readyz still {resp.status_code}: {resp.text}")
         await asyncio.sleep(0.05)
+
+
+async def test_json_logs_are_one_object_per_line_with_the_instance(tmp_path: Path) -> None:
+    """Issue 14: PACER_LOG_FORMAT=json (the Docker image's default): uvicorn's records and pacer's alike are JSON
+    lines a collector can parse, and pacer's name the instance that wrote them."""
+    server = PacerServer(tmp_path, env={"PACER_LOG_FORMAT": "json", "PACER_LOG_LEVEL": "info", "PACER_LOG_URL": ""})
+    server.start()
+    try:
+        await server.wait_ready()
+    finally:
+        server.stop()
+    lines = [line for line in server.log().splitlines() if line and not line.startswith("--- start")]
+    records = [json.loads(line) for line in lines]  # every line is one JSON object
+    assert any(r["logger"].startswith("uvicorn") for r in records), lines
+    loaded = [r for r in records if r["logger"] == "pacer" and r["msg"].startswith("loaded ")]
+    assert loaded and loaded[0]["instance"].count(":") == 2, records
