@@ -17,9 +17,11 @@ $(STAMP): pyproject.toml | $(BIN)/python
 serve: $(STAMP) ## run the service on 127.0.0.1:8080, embedded SQLite store
 	$(BIN)/pacer serve --host 127.0.0.1 --port 8080
 
-test: $(STAMP) ## lint + the whole test suite (2 workers; real-time flights one at a time, their xdist group)
+test: $(STAMP) ## lint (ruff, ruff format, mypy strict) + the whole test suite (2 workers; real-time flights one at a time, their xdist group)
 	@command -v redis-server >/dev/null || echo "note: redis-server not found; tests that need it are skipped. Install it: apt-get install -y redis-server"
 	$(BIN)/ruff check pacer tests loadtest
+	$(BIN)/ruff format --check pacer tests loadtest
+	$(BIN)/mypy pacer
 	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
 
 bench: $(STAMP) ## /v1/bid throughput and latency vs a bare ASGI app and a naive FastAPI+Redis peer, fleet-scale figures, /v1/events throughput on Redis vs embedded (~8 min quiet, at most ~14; 2 cores)
@@ -41,9 +43,10 @@ loadtest: $(STAMP) ## locust against a 2-instance Redis fleet for 60 s, then spe
 	$(BIN)/pip install -q -e '.[load]'
 	$(BIN)/python loadtest/run_loadtest.py --out loadtest-out
 
-lint: $(STAMP)
+lint: $(STAMP) ## ruff check, ruff format --check and mypy strict (make test runs them first)
 	$(BIN)/ruff check pacer tests loadtest
 	$(BIN)/ruff format --check pacer tests loadtest
+	$(BIN)/mypy pacer
 
 fmt: $(STAMP)
 	$(BIN)/ruff format pacer tests loadtest

@@ -99,6 +99,7 @@ GOALS = {  # name: (value key, threshold, higher is better)
 
 # --- CPU accounting --------------------------------------------------------------------------------------------
 
+
 def core_busy() -> list[float]:
     """CPU seconds each core spent running tasks (user, nice, system, steal; interrupts left out: our own
     loopback traffic is processed there)."""
@@ -139,8 +140,12 @@ class CpuWindow:
     core1: float = 0.0
 
     def _read(self) -> tuple[float, list[float], float, float]:
-        return (time.monotonic(), core_busy(), sum(pid_cpu(p) for p in self.server_pids),
-                sum(pid_cpu(p) for p in self.core1_pids) + own_cpu())
+        return (
+            time.monotonic(),
+            core_busy(),
+            sum(pid_cpu(p) for p in self.server_pids),
+            sum(pid_cpu(p) for p in self.core1_pids) + own_cpu(),
+        )
 
     def start(self) -> None:
         self.t, self.busy, self.server, self.core1 = self._read()
@@ -150,11 +155,20 @@ class CpuWindow:
         dt = max(t - self.t, 1e-6)
         core0 = (busy[SERVER_CORE] - self.busy[SERVER_CORE]) / dt
         load = (busy[LOAD_CORE] - self.busy[LOAD_CORE]) / dt
-        rest = sum(b - a for i, (a, b) in enumerate(zip(self.busy, busy, strict=True))
-                   if i not in (SERVER_CORE, LOAD_CORE)) / dt
+        rest = (
+            sum(
+                b - a for i, (a, b) in enumerate(zip(self.busy, busy, strict=True)) if i not in (SERVER_CORE, LOAD_CORE)
+            )
+            / dt
+        )
         ours0, ours1 = (server - self.server) / dt, (core1 - self.core1) / dt
-        return {"seconds": dt, "server": ours0, "load": ours1,
-                "others0": max(0.0, core0 - ours0) + rest, "others1": max(0.0, load - ours1)}
+        return {
+            "seconds": dt,
+            "server": ours0,
+            "load": ours1,
+            "others0": max(0.0, core0 - ours0) + rest,
+            "others1": max(0.0, load - ours1),
+        }
 
 
 def wait_quiet(server: int | None = None, ours: tuple[int, ...] = ()) -> tuple[bool, float]:
@@ -173,6 +187,7 @@ def wait_quiet(server: int | None = None, ours: tuple[int, ...] = ()) -> tuple[b
 
 
 # --- processes -------------------------------------------------------------------------------------------------
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -194,8 +209,7 @@ def http(url: str, method: str = "GET", body: object = None, token: str | None =
 class Server:
     """One server process pinned to the server core, in its own folder (kept across its restarts)."""
 
-    def __init__(self, name: str, argv: list[str], folder: Path, ready: str, env: dict[str, str] | None = None
-                 ) -> None:
+    def __init__(self, name: str, argv: list[str], folder: Path, ready: str, env: dict[str, str] | None = None) -> None:
         self.name = name
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -213,8 +227,9 @@ class Server:
 
     def start(self) -> None:
         with (self.folder / "server.log").open("ab") as log:  # the child keeps its own descriptor
-            self.proc = subprocess.Popen(self.argv, cwd=self.folder, env=self.env, stdout=log,
-                                         stderr=subprocess.STDOUT, start_new_session=True)
+            self.proc = subprocess.Popen(
+                self.argv, cwd=self.folder, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
         deadline = time.monotonic() + READY_TIMEOUT_S
         while True:  # an external process: polling its readiness URL is the only way to see it up
             if self.proc.poll() is not None:
@@ -241,9 +256,25 @@ def start_redis(folder: Path, *options: str) -> tuple[subprocess.Popen[bytes], i
     """redis-server on the load core, no persistence unless `options` (later ones win, e.g. "--appendonly", "yes")
     say otherwise."""
     port = free_port()
-    proc = subprocess.Popen(["taskset", "-c", str(LOAD_CORE), "redis-server", "--port", str(port), "--save", "",
-                             "--appendonly", "no", "--dir", str(folder), *options], stdout=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            "taskset",
+            "-c",
+            str(LOAD_CORE),
+            "redis-server",
+            "--port",
+            str(port),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(folder),
+            *options,
+        ],
+        stdout=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + READY_TIMEOUT_S
     while True:  # wait for the port: redis-server has no readiness signal of its own
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1) as s:
@@ -256,21 +287,47 @@ def start_redis(folder: Path, *options: str) -> tuple[subprocess.Popen[bytes], i
 
 
 def pacer(name: str, folder: Path, store: str, token: str, env: dict[str, str] | None = None) -> Server:
-    return Server(name, ["-m", "pacer.cli", "serve", "--store", store], folder, "/readyz",
-                  {"PACER_OPERATOR_TOKEN": token, "PACER_LOG_LEVEL": "warning", **(env or {})})
+    return Server(
+        name,
+        ["-m", "pacer.cli", "serve", "--store", store],
+        folder,
+        "/readyz",
+        {"PACER_OPERATOR_TOKEN": token, "PACER_LOG_LEVEL": "warning", **(env or {})},
+    )
 
 
 def uvicorn(name: str, app: str, folder: Path, ready: str, env: dict[str, str] | None = None) -> Server:
     """The same server settings pacer serve uses (pacer/cli.py)."""
-    return Server(name, ["-m", "uvicorn", app, "--loop", "uvloop", "--http", "httptools", "--no-access-log",
-                         "--log-level", "warning", "--host", "127.0.0.1"], folder, ready, env)
+    return Server(
+        name,
+        [
+            "-m",
+            "uvicorn",
+            app,
+            "--loop",
+            "uvloop",
+            "--http",
+            "httptools",
+            "--no-access-log",
+            "--log-level",
+            "warning",
+            "--host",
+            "127.0.0.1",
+        ],
+        folder,
+        ready,
+        env,
+    )
 
 
 def create_bidders(server: Server, token: str) -> None:
     now = time.time()
     for b in range(BIDDERS):
-        body = {"budget_micros": BUDGET_MICROS, "pacing": "traffic",
-                "period": {"type": "flight", "start": rfc3339(now - 60), "end": rfc3339(now + FLIGHT_S)}}
+        body = {
+            "budget_micros": BUDGET_MICROS,
+            "pacing": "traffic",
+            "period": {"type": "flight", "start": rfc3339(now - 60), "end": rfc3339(now + FLIGHT_S)},
+        }
         http(f"{server.url}/v1/bidders/b{b}", "PUT", body, token)
 
 
@@ -292,6 +349,7 @@ def decisions(server: Server) -> dict[str, float]:
 
 
 # --- runs ------------------------------------------------------------------------------------------------------
+
 
 @dataclass
 class Target:
@@ -326,14 +384,27 @@ class Run:
 
 
 def wrk(target: Target, seconds: float, tag: str) -> dict[str, float]:
-    cmd = ["taskset", "-c", str(LOAD_CORE), "wrk", f"-t{WRK_THREADS}", f"-c{CONNECTIONS}",
-           f"-d{max(1, round(seconds))}s", "-s", str(HERE / "wrk_post.lua"), target.server.url + target.path,
-           "--", str(BIDDERS), str(target.per_call), tag]
+    cmd = [
+        "taskset",
+        "-c",
+        str(LOAD_CORE),
+        "wrk",
+        f"-t{WRK_THREADS}",
+        f"-c{CONNECTIONS}",
+        f"-d{max(1, round(seconds))}s",
+        "-s",
+        str(HERE / "wrk_post.lua"),
+        target.server.url + target.path,
+        "--",
+        str(BIDDERS),
+        str(target.per_call),
+        tag,
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 30, check=True).stdout
     line = next((x for x in out.splitlines() if x.startswith("WRK_JSON ")), None)
     if line is None:
         raise RuntimeError(f"wrk printed no result: {out[-2000:]}")
-    return dict(json.loads(line[len("WRK_JSON "):]))
+    return dict(json.loads(line[len("WRK_JSON ") :]))
 
 
 def measure(target: Target, rnd: int, attempt: int, seconds: float) -> Run:
@@ -343,8 +414,25 @@ def measure(target: Target, rnd: int, attempt: int, seconds: float) -> Run:
         quiet, waited = wait_quiet(server.pid, tuple(target.core1_pids))
         if not quiet:
             nan = float("nan")
-            return Run(target.key, rnd, attempt, nan, nan, nan, nan, nan, nan, nan, nan, waited, None, 0, False,
-                       f"machine busy for {waited:.0f} s: not run", skipped=True)
+            return Run(
+                target.key,
+                rnd,
+                attempt,
+                nan,
+                nan,
+                nan,
+                nan,
+                nan,
+                nan,
+                nan,
+                nan,
+                waited,
+                None,
+                0,
+                False,
+                f"machine busy for {waited:.0f} s: not run",
+                skipped=True,
+            )
         tag = f"{target.key}{rnd}.{attempt}{secrets.token_hex(2)}"
         wrk(target, WARMUP_S, "w" + tag)
         before = decisions(server) if target.pacer else {}
@@ -370,8 +458,24 @@ def measure(target: Target, rnd: int, attempt: int, seconds: float) -> Run:
         why.append(f"others on core {LOAD_CORE}: {cpu['others1']:.2f}")
     if cpu["server"] < SATURATED:
         why.append(f"server not saturated: {cpu['server']:.2f}")
-    return Run(target.key, rnd, attempt, rate, rate * target.per_call, res["p50_us"], res["p99_us"], cpu["server"],
-               cpu["load"], cpu["others0"], cpu["others1"], waited, granted, errors, not why, "; ".join(why))
+    return Run(
+        target.key,
+        rnd,
+        attempt,
+        rate,
+        rate * target.per_call,
+        res["p50_us"],
+        res["p99_us"],
+        cpu["server"],
+        cpu["load"],
+        cpu["others0"],
+        cpu["others1"],
+        waited,
+        granted,
+        errors,
+        not why,
+        "; ".join(why),
+    )
 
 
 def median(runs: list[Run], key: str = "decisions") -> float:
@@ -396,16 +500,36 @@ def openloop(target: Target, rate: float, seconds: float) -> dict[str, Any]:
             _, waited = wait_quiet(server.pid)
             window = CpuWindow([server.pid], [])
             window.start()
-            cmd = [sys.executable, str(HERE / "openloop.py"), server.url + target.path, "--rate", f"{rate:.0f}",
-                   "--seconds", f"{seconds:g}", "--warmup", f"{WARMUP_S:g}", "--connections", str(CONNECTIONS),
-                   "--cpu", str(LOAD_CORE), "--tag", f"ol{target.key}{attempt}{secrets.token_hex(2)}"]
+            cmd = [
+                sys.executable,
+                str(HERE / "openloop.py"),
+                server.url + target.path,
+                "--rate",
+                f"{rate:.0f}",
+                "--seconds",
+                f"{seconds:g}",
+                "--warmup",
+                f"{WARMUP_S:g}",
+                "--connections",
+                str(CONNECTIONS),
+                "--cpu",
+                str(LOAD_CORE),
+                "--tag",
+                f"ol{target.key}{attempt}{secrets.token_hex(2)}",
+            ]
             out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60, check=True).stdout
             cpu = window.stop()
             result = dict(json.loads(out.strip().splitlines()[-1]))
             disturbed = cpu["others0"] > DISTURBED_CORE0 or cpu["others1"] > DISTURBED_CORE1
-            result |= {"target": target.key, "others0": cpu["others0"], "others1": cpu["others1"],
-                       "server_cpu": cpu["server"], "quiet_wait_s": waited, "attempts": attempt + 1,
-                       "disturbed": disturbed}
+            result |= {
+                "target": target.key,
+                "others0": cpu["others0"],
+                "others1": cpu["others1"],
+                "server_cpu": cpu["server"],
+                "quiet_wait_s": waited,
+                "attempts": attempt + 1,
+                "disturbed": disturbed,
+            }
             if not result["disturbed"] and result["sustained"]:
                 break
         return result
@@ -423,6 +547,7 @@ def openloop_median(target: Target, rate: float, seconds: float) -> dict[str, An
 
 # --- report ----------------------------------------------------------------------------------------------------
 
+
 def fmt_rate(x: float) -> str:
     return f"{x:,.0f}" if x == x else "n/a"
 
@@ -431,24 +556,39 @@ def fmt_us(us: float) -> str:
     return f"{us / 1000:.2f} ms" if us >= 1000 else f"{us:.0f} us"
 
 
-def report(targets: list[Target], runs: list[Run], ratios: dict[str, float], openloops: list[dict[str, Any]],
-           ratios_notes: list[str], fleet: dict[str, Any], meta: dict[str, Any]) -> str:
-    lines = [f"# make bench ({meta['date']}, {meta['cpu']})", "",
-             f"Server on core {SERVER_CORE} (uvicorn, uvloop, httptools, 1 worker, no access log; started afresh for "
-             f"each run); wrk ({WRK_THREADS} thread, {CONNECTIONS} connections, {meta['seconds']:g} s runs after "
-             f"{WARMUP_S:g} s warm-up), redis-server and this script on core {LOAD_CORE}. {BIDDERS} active bidders, "
-             f"no win or loss notices. Medians of accepted runs; rounds: {meta['rounds']}; {meta['stopped']}.", "",
-             "| target | what | req/s | decisions/s | p50 | p99 | server CPU | granted | runs |",
-             "|---|---|---|---|---|---|---|---|---|"]
+def report(
+    targets: list[Target],
+    runs: list[Run],
+    ratios: dict[str, float],
+    openloops: list[dict[str, Any]],
+    ratios_notes: list[str],
+    fleet: dict[str, Any],
+    meta: dict[str, Any],
+) -> str:
+    lines = [
+        f"# make bench ({meta['date']}, {meta['cpu']})",
+        "",
+        f"Server on core {SERVER_CORE} (uvicorn, uvloop, httptools, 1 worker, no access log; started afresh for "
+        f"each run); wrk ({WRK_THREADS} thread, {CONNECTIONS} connections, {meta['seconds']:g} s runs after "
+        f"{WARMUP_S:g} s warm-up), redis-server and this script on core {LOAD_CORE}. {BIDDERS} active bidders, "
+        f"no win or loss notices. Medians of accepted runs; rounds: {meta['rounds']}; {meta['stopped']}.",
+        "",
+        "| target | what | req/s | decisions/s | p50 | p99 | server CPU | granted | runs |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for t in targets:
         ok = [r for r in runs if r.target == t.key and r.accepted]
         bad = sum(1 for r in runs if r.target == t.key and not r.accepted and not r.skipped)
         skipped = sum(1 for r in runs if r.target == t.key and r.skipped)
         granted = f"{median(ok, 'granted'):.0%}" if t.pacer and ok else "-"
-        lines.append(f"| {t.key} | {t.label} | {fmt_rate(median(ok, 'rate'))} | {fmt_rate(median(ok))} | "
-                     f"{fmt_us(median(ok, 'p50_us'))} | {fmt_us(median(ok, 'p99_us'))} | "
-                     f"{median(ok, 'server_cpu'):.2f} | {granted} | {len(ok)}" + (f" (+{bad} discarded)" if bad else "")
-                     + (f" (+{skipped} not run: busy)" if skipped else "") + " |")
+        lines.append(
+            f"| {t.key} | {t.label} | {fmt_rate(median(ok, 'rate'))} | {fmt_rate(median(ok))} | "
+            f"{fmt_us(median(ok, 'p50_us'))} | {fmt_us(median(ok, 'p99_us'))} | "
+            f"{median(ok, 'server_cpu'):.2f} | {granted} | {len(ok)}"
+            + (f" (+{bad} discarded)" if bad else "")
+            + (f" (+{skipped} not run: busy)" if skipped else "")
+            + " |"
+        )
     lines += ["", "Goals:", ""]
     for name, (key, threshold, higher) in GOALS.items():
         value = ratios.get(key, float("nan"))
@@ -457,41 +597,58 @@ def report(targets: list[Target], runs: list[Run], ratios: dict[str, float], ope
         verdict = "not measured" if value != value else "met" if met else "**MISSED**"
         lines.append(f"- {name} = {shown} (goal {'>=' if higher else '<='} {threshold:g}): {verdict}")
     b, b0 = ratios.get("b_rate", float("nan")), ratios.get("b0_rate", float("nan"))
-    lines.append(f"- auction log cost on the server: b0 (log off) {fmt_rate(b0)} req/s vs b {fmt_rate(b)} req/s: "
-                 f"{(1 - b / b0):.1%} of throughput, {1e6 / b - 1e6 / b0:.2f} us per request")
-    lines += ["", f"Open-loop latency (`loadtest/openloop.py`, {CONNECTIONS} connections, constant rate, latency "
-              f"from each request's scheduled send time; of {OPENLOOP_RUNS} runs on fresh servers, the one with the "
-              "median p99; the goal is on b):", "",
-              "| target | rate/s | achieved/s | p50 | p90 | p99 | p99.9 | max | waited for a connection | "
-              "client late p99 | sustained | server CPU | p99 of each run |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines.append(
+        f"- auction log cost on the server: b0 (log off) {fmt_rate(b0)} req/s vs b {fmt_rate(b)} req/s: "
+        f"{(1 - b / b0):.1%} of throughput, {1e6 / b - 1e6 / b0:.2f} us per request"
+    )
+    lines += [
+        "",
+        f"Open-loop latency (`loadtest/openloop.py`, {CONNECTIONS} connections, constant rate, latency "
+        f"from each request's scheduled send time; of {OPENLOOP_RUNS} runs on fresh servers, the one with the "
+        "median p99; the goal is on b):",
+        "",
+        "| target | rate/s | achieved/s | p50 | p90 | p99 | p99.9 | max | waited for a connection | "
+        "client late p99 | sustained | server CPU | p99 of each run |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for ol in openloops:
         lat, lag = ol["latency_us"], ol["lag_us"]
         flag = " (disturbed)" if ol["disturbed"] else ""
-        lines.append(f"| {ol['target']} | {fmt_rate(ol['rate'])} ({ol['share']:.0%} of b) | "
-                     f"{fmt_rate(ol['achieved_rate'])} | {fmt_us(lat['50'])} | {fmt_us(lat['90'])} | "
-                     f"{fmt_us(lat['99'])} | {fmt_us(lat['99.9'])} | {fmt_us(lat['max'])} | {ol['queued']:,} | "
-                     f"{fmt_us(lag['99'])} | {'yes' if ol['sustained'] else 'NO'}{flag} | {ol['server_cpu']:.2f} | "
-                     f"{', '.join(fmt_us(p) for p in ol.get('p99_runs_us', []))} |")
+        lines.append(
+            f"| {ol['target']} | {fmt_rate(ol['rate'])} ({ol['share']:.0%} of b) | "
+            f"{fmt_rate(ol['achieved_rate'])} | {fmt_us(lat['50'])} | {fmt_us(lat['90'])} | "
+            f"{fmt_us(lat['99'])} | {fmt_us(lat['99.9'])} | {fmt_us(lat['max'])} | {ol['queued']:,} | "
+            f"{fmt_us(lag['99'])} | {'yes' if ol['sustained'] else 'NO'}{flag} | {ol['server_cpu']:.2f} | "
+            f"{', '.join(fmt_us(p) for p in ol.get('p99_runs_us', []))} |"
+        )
     lines += [f"- {note}" for note in ratios_notes]
     lines += ["", "Fleet scale (in process, no HTTP; `loadtest/fleet_scale.py`):", ""]
     lines += [f"- {line}" for line in fleet.get("lines", ["not run"])]
-    lines += ["", "Raw runs (rate in requests/s; others = CPU of other processes, in cores, during the run):", "",
-              "| round | target | attempt | req/s | decisions/s | p50 | p99 | server | load | others c0 | "
-              "others c1 | quiet wait | kept |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "Raw runs (rate in requests/s; others = CPU of other processes, in cores, during the run):",
+        "",
+        "| round | target | attempt | req/s | decisions/s | p50 | p99 | server | load | others c0 | "
+        "others c1 | quiet wait | kept |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in runs:
-        lines.append(f"| {r.round} | {r.target} | {r.attempt} | {fmt_rate(r.rate)} | {fmt_rate(r.decisions)} | "
-                     f"{fmt_us(r.p50_us)} | {fmt_us(r.p99_us)} | {r.server_cpu:.2f} | {r.load_cpu:.2f} | "
-                     f"{r.others0:.3f} | {r.others1:.3f} | {r.quiet_wait_s:.1f} s | "
-                     f"{'yes' if r.accepted else 'no: ' + r.why} |")
+        lines.append(
+            f"| {r.round} | {r.target} | {r.attempt} | {fmt_rate(r.rate)} | {fmt_rate(r.decisions)} | "
+            f"{fmt_us(r.p50_us)} | {fmt_us(r.p99_us)} | {r.server_cpu:.2f} | {r.load_cpu:.2f} | "
+            f"{r.others0:.3f} | {r.others1:.3f} | {r.quiet_wait_s:.1f} s | "
+            f"{'yes' if r.accepted else 'no: ' + r.why} |"
+        )
     return "\n".join(lines) + "\n"
 
 
 # --- main ------------------------------------------------------------------------------------------------------
 
+
 @contextlib.contextmanager
 def terminated_on_signal() -> Iterator[None]:
     """SIGTERM (make interrupted, CI timeout) unwinds like Ctrl-C, so every server is stopped."""
+
     def handler(signum: int, _: object) -> None:
         raise KeyboardInterrupt(f"signal {signum}")
 
@@ -500,6 +657,19 @@ def terminated_on_signal() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def run_line(run: Run) -> str:
+    """One measured run as the progress line shows it."""
+    if run.skipped:
+        return run.why
+    line = (
+        f"{run.decisions:10,.0f}/s p50 {fmt_us(run.p50_us):>9s} p99 {fmt_us(run.p99_us):>9s} "
+        f"server {run.server_cpu:.2f} load {run.load_cpu:.2f} others {run.others0:.3f}/{run.others1:.3f}"
+    )
+    if run.granted is not None:
+        line += f" granted {run.granted:.0%}"
+    return line + ("" if run.accepted else f"  DISCARDED: {run.why}")
 
 
 def main() -> int:
@@ -511,10 +681,14 @@ def main() -> int:
     parser.add_argument("--only", default="", help="comma-separated targets (e.g. a,b), default all")
     parser.add_argument("--no-fleet", action="store_true", help="skip fleet_scale.py")
     parser.add_argument("--no-attack", action="store_true", help="skip attack.py (bid latency under attack)")
-    parser.add_argument("--no-events", action="store_true",
-                        help="skip bench_events.py (/v1/events throughput, Redis vs embedded)")
-    parser.add_argument("--profile", action="store_true",
-                        help="also profile pacer (b) under load with py-spy (pip install py-spy): <out>/profile-b.txt")
+    parser.add_argument(
+        "--no-events", action="store_true", help="skip bench_events.py (/v1/events throughput, Redis vs embedded)"
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="also profile pacer (b) under load with py-spy (pip install py-spy): <out>/profile-b.txt",
+    )
     args = parser.parse_args()
     missing = [tool for tool in ("wrk", "redis-server", "taskset") if shutil.which(tool) is None]
     if missing:
@@ -535,8 +709,9 @@ def main() -> int:
         servers = {
             "a": uvicorn("bare", "bare_asgi:app", root / "bare", "/"),
             "b": pacer("embedded", root / "embedded", f"sqlite:///{root}/embedded/pacer.db", token),
-            "b0": pacer("embedded-nolog", root / "nolog", f"sqlite:///{root}/nolog/pacer.db", token,
-                        {"PACER_LOG_URL": ""}),
+            "b0": pacer(
+                "embedded-nolog", root / "nolog", f"sqlite:///{root}/nolog/pacer.db", token, {"PACER_LOG_URL": ""}
+            ),
             "c": pacer("redis", root / "redis", redis_url, token),
             "e": pacer("embedded-batch", root / "batch", f"sqlite:///{root}/batch/pacer.db", token),
             "d": uvicorn("naive", "naive_peer:app", root / "naive", "/openapi.json", {"NAIVE_REDIS_URL": redis_url}),
@@ -578,15 +753,14 @@ def main() -> int:
                     for attempt in range(1 + RETRIES):
                         run = measure(t, rounds, attempt, args.seconds)
                         runs.append(run)
-                        print(f"round {rounds} {t.key:2s} " + (run.why if run.skipped else
-                              f"{run.decisions:10,.0f}/s p50 {fmt_us(run.p50_us):>9s} p99 {fmt_us(run.p99_us):>9s} "
-                              f"server {run.server_cpu:.2f} load {run.load_cpu:.2f} others {run.others0:.3f}/"
-                              f"{run.others1:.3f}" + (f" granted {run.granted:.0%}" if run.granted is not None else "")
-                              + ("" if run.accepted else f"  DISCARDED: {run.why}")), flush=True)
+                        print(f"round {rounds} {t.key:2s} {run_line(run)}", flush=True)
                         if run.errors and not warned:
                             warned = True
-                            print(f"  {t.server.name} answered errors; its log ends with:\n"
-                                  f"{(t.server.folder / 'server.log').read_text()[-1500:]}", flush=True)
+                            print(
+                                f"  {t.server.name} answered errors; its log ends with:\n"
+                                f"{(t.server.folder / 'server.log').read_text()[-1500:]}",
+                                flush=True,
+                            )
                         if run.accepted:
                             accepted[t.key].append(run)
                         if run.accepted or run.skipped:
@@ -604,11 +778,14 @@ def main() -> int:
             if unstable:
                 stopped += f"; not stable: {', '.join(unstable)}"
             by = {k: median(v) for k, v in accepted.items()}
-            ratios = {"b/a": by.get("b", 0) / by.get("a", float("nan")),
-                      "c/b": by.get("c", 0) / by.get("b", float("nan")),
-                      "b/d": by.get("b", 0) / by.get("d", float("nan")),
-                      "e": by.get("e", float("nan")), "b_rate": by.get("b", float("nan")),
-                      "b0_rate": by.get("b0", float("nan"))}
+            ratios = {
+                "b/a": by.get("b", 0) / by.get("a", float("nan")),
+                "c/b": by.get("c", 0) / by.get("b", float("nan")),
+                "b/d": by.get("b", 0) / by.get("d", float("nan")),
+                "e": by.get("e", float("nan")),
+                "b_rate": by.get("b", float("nan")),
+                "b0_rate": by.get("b0", float("nan")),
+            }
             by_key = {t.key: t for t in targets}
             if "b" in by_key and by.get("b", 0) > 0:
                 rate = by["b"] * OPENLOOP_SHARE
@@ -624,8 +801,11 @@ def main() -> int:
                 openloops += [openloop_median(by_key[k], rate, args.seconds) for k in ("a", "b0") if k in by_key]
                 for ol in openloops:
                     ol["share"] = rate / by["b"]
-                    print(f"open loop {ol['target']:2s} at {rate:,.0f}/s: p50 {fmt_us(ol['latency_us']['50'])} "
-                          f"p99 {fmt_us(ol['latency_us']['99'])} sustained {ol['sustained']}", flush=True)
+                    print(
+                        f"open loop {ol['target']:2s} at {rate:,.0f}/s: p50 {fmt_us(ol['latency_us']['50'])} "
+                        f"p99 {fmt_us(ol['latency_us']['99'])} sustained {ol['sustained']}",
+                        flush=True,
+                    )
             if args.profile and "b" in by_key:
                 profile(by_key["b"], args.out / "profile-b.txt", args.seconds)
         finally:
@@ -636,8 +816,13 @@ def main() -> int:
         if not args.no_fleet:
             wait_quiet()  # best effort: fleet_scale takes medians of repeats
             print("fleet scale ...", flush=True)
-            out = subprocess.run([sys.executable, str(HERE / "fleet_scale.py"), "--json", "--cpu", str(SERVER_CORE)],
-                                 capture_output=True, text=True, timeout=600, cwd=REPO)
+            out = subprocess.run(
+                [sys.executable, str(HERE / "fleet_scale.py"), "--json", "--cpu", str(SERVER_CORE)],
+                capture_output=True,
+                text=True,
+                timeout=600,
+                cwd=REPO,
+            )
             if out.returncode == 0:
                 fleet = json.loads(out.stdout.strip().splitlines()[-1])
             else:
@@ -646,34 +831,76 @@ def main() -> int:
     if not args.no_attack:
         wait_quiet()
         print("connection attack ...", flush=True)
-        out = subprocess.run([sys.executable, str(HERE / "attack.py"), "--seconds", "5", "--unguarded"],
-                             capture_output=True, text=True, timeout=600, cwd=REPO)
+        out = subprocess.run(
+            [sys.executable, str(HERE / "attack.py"), "--seconds", "5", "--unguarded"],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            cwd=REPO,
+        )
         table = out.stdout.strip().split("\n\n", 1)[-1] if out.returncode == 0 else out.stderr.strip()[-500:]
-        attack = ("\n\nBid latency while one client streams an endless header and 1,000 hold silent connections, "
-                  "with pacer's connection guards and on uvicorn's plain protocol (`loadtest/attack.py`):\n\n"
-                  + table + "\n")
+        attack = (
+            "\n\nBid latency while one client streams an endless header and 1,000 hold silent connections, "
+            "with pacer's connection guards and on uvicorn's plain protocol (`loadtest/attack.py`):\n\n" + table + "\n"
+        )
     events = ""
     if not args.no_events:
         wait_quiet()
         print("events throughput, embedded vs Redis ...", flush=True)  # its progress goes to stderr, shown live
-        out = subprocess.run([sys.executable, str(HERE / "bench_events.py"), "--seconds", "5", "--json",
-                              str(args.out / "events.json")], stdout=subprocess.PIPE, text=True, timeout=900, cwd=REPO)
+        out = subprocess.run(
+            [sys.executable, str(HERE / "bench_events.py"), "--seconds", "5", "--json", str(args.out / "events.json")],
+            stdout=subprocess.PIPE,
+            text=True,
+            timeout=900,
+            cwd=REPO,
+        )
         table = out.stdout.strip() or f"bench_events.py failed (exit {out.returncode}): its output is above"
         if out.stdout.strip() and out.returncode:
             table += f"\n\n(bench_events.py exit status {out.returncode}: some answers were errors, see its notes)"
         events = "\n\n" + table + "\n"
-    meta: dict[str, Any] = {"date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "cpu": cpu_model(),
-                               "seconds": args.seconds, "rounds": rounds, "stopped": stopped,
-                               "wall_s": round(time.monotonic() - started)}
+    meta: dict[str, Any] = {
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "cpu": cpu_model(),
+        "seconds": args.seconds,
+        "rounds": rounds,
+        "stopped": stopped,
+        "wall_s": round(time.monotonic() - started),
+    }
     text = report(targets, runs, ratios, openloops, notes, fleet, meta) + attack + events
     (args.out / "bench.md").write_text(text)
-    (args.out / "bench.json").write_text(json.dumps({
-        "meta": meta, "medians": {k: {"rate": median(v, "rate"), "decisions": median(v), "p50_us": median(
-            v, "p50_us"), "p99_us": median(v, "p99_us"), "runs": len(v)} for k, v in accepted.items()},
-        "ratios": ratios, "openloop": openloops, "fleet": fleet, "runs": [asdict(r) for r in runs],
-        "settings": {"bidders": BIDDERS, "connections": CONNECTIONS, "wrk_threads": WRK_THREADS, "batch": BATCH,
-                     "warmup_s": WARMUP_S, "disturbed_core0": DISTURBED_CORE0, "disturbed_core1": DISTURBED_CORE1,
-                     "quiet_cores": QUIET_CORES}}, indent=1, default=str))
+    (args.out / "bench.json").write_text(
+        json.dumps(
+            {
+                "meta": meta,
+                "medians": {
+                    k: {
+                        "rate": median(v, "rate"),
+                        "decisions": median(v),
+                        "p50_us": median(v, "p50_us"),
+                        "p99_us": median(v, "p99_us"),
+                        "runs": len(v),
+                    }
+                    for k, v in accepted.items()
+                },
+                "ratios": ratios,
+                "openloop": openloops,
+                "fleet": fleet,
+                "runs": [asdict(r) for r in runs],
+                "settings": {
+                    "bidders": BIDDERS,
+                    "connections": CONNECTIONS,
+                    "wrk_threads": WRK_THREADS,
+                    "batch": BATCH,
+                    "warmup_s": WARMUP_S,
+                    "disturbed_core0": DISTURBED_CORE0,
+                    "disturbed_core1": DISTURBED_CORE1,
+                    "quiet_cores": QUIET_CORES,
+                },
+            },
+            indent=1,
+            default=str,
+        )
+    )
     print("\n" + text + f"\n(wall time {meta['wall_s']} s; written to {args.out}/bench.md and bench.json)")
     return 0
 
@@ -696,9 +923,25 @@ def profile(target: Target, path: Path, seconds: float) -> None:
     server = target.server
     server.start()
     try:
-        rec = subprocess.Popen([spy, "record", "--pid", str(server.pid), "--rate", "250", "--duration",
-                                f"{seconds:g}", "--format", "raw", "--output", str(raw), "--nonblocking"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        rec = subprocess.Popen(
+            [
+                spy,
+                "record",
+                "--pid",
+                str(server.pid),
+                "--rate",
+                "250",
+                "--duration",
+                f"{seconds:g}",
+                "--format",
+                "raw",
+                "--output",
+                str(raw),
+                "--nonblocking",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         wrk(target, seconds, "prof" + secrets.token_hex(2))
         rec.wait(seconds + 30)
     finally:

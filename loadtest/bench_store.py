@@ -54,18 +54,24 @@ def wait_http(url: str, timeout: float = 20.0) -> None:
 
 def serve(folder: Path, store: str, token: str) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
-    env = {**os.environ, "PACER_OPERATOR_TOKEN": token, "PACER_LOG_LEVEL": "warning",
-           "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "PACER_OPERATOR_TOKEN": token, "PACER_LOG_LEVEL": "warning", "PYTHONPATH": str(REPO)}
     cmd = ["taskset", "-c", "0", sys.executable, "-m", "pacer.cli", "serve", "--port", str(port), "--store", store]
     proc = subprocess.Popen(cmd, cwd=folder, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     wait_http(url + "/readyz")
     now = time.time()
     for b in range(BIDDERS):
-        body = {"budget_micros": 10**13, "pacing": "even",
-                "period": {"type": "flight", "start": _rfc3339(now - 60), "end": _rfc3339(now + 86400)}}
-        req = urllib.request.Request(f"{url}/v1/bidders/b{b}", data=json.dumps(body).encode(), method="PUT",
-                                     headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+        body = {
+            "budget_micros": 10**13,
+            "pacing": "even",
+            "period": {"type": "flight", "start": _rfc3339(now - 60), "end": _rfc3339(now + 86400)},
+        }
+        req = urllib.request.Request(
+            f"{url}/v1/bidders/b{b}",
+            data=json.dumps(body).encode(),
+            method="PUT",
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        )
         urllib.request.urlopen(req, timeout=5).close()
     time.sleep(1.0)  # let every instance's first sync grant leases before measuring
     return proc, url
@@ -77,8 +83,13 @@ def _rfc3339(ts: float) -> str:
 
 async def _connection(port: int, path: str, bodies: list[bytes], until: float, counts: list[int]) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    requests = [(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                 f"Content-Length: {len(b)}\r\n\r\n").encode() + b for b in bodies]
+    requests = [
+        (
+            f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len(b)}\r\n\r\n"
+        ).encode()
+        + b
+        for b in bodies
+    ]
     i = 0
     while time.monotonic() < until:
         writer.write(requests[i % len(requests)])
@@ -92,9 +103,12 @@ async def _connection(port: int, path: str, bodies: list[bytes], until: float, c
 
 def load(port: int, path: str, per_call: int, seconds: float, connections: int) -> float:
     """Requests per second (x per_call = decisions per second) over `seconds`."""
+
     def body(k: int) -> bytes:
-        reqs = [{"bidder_id": f"b{(k + j) % BIDDERS}", "auction_id": secrets.token_hex(8), "bid_micros": 2000}
-                for j in range(per_call)]
+        reqs = [
+            {"bidder_id": f"b{(k + j) % BIDDERS}", "auction_id": secrets.token_hex(8), "bid_micros": 2000}
+            for j in range(per_call)
+        ]
         return json.dumps(reqs[0] if per_call == 1 else {"requests": reqs}).encode()
 
     bodies = [body(k) for k in range(64)]
@@ -123,14 +137,32 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         rport = free_port()
-        redis = subprocess.Popen(["taskset", "-c", "1", "redis-server", "--port", str(rport), "--save", "",
-                                  "--appendonly", "yes", "--appendfsync", "always", "--dir", tmp],
-                                 stdout=subprocess.DEVNULL)
+        redis = subprocess.Popen(
+            [
+                "taskset",
+                "-c",
+                "1",
+                "redis-server",
+                "--port",
+                str(rport),
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--dir",
+                tmp,
+            ],
+            stdout=subprocess.DEVNULL,
+        )
         results: dict[tuple[str, str], list[float]] = {}
         try:
             for r in range(args.rounds):
-                for name, store in (("embedded", f"sqlite:///{folder}/e{r}.db"),
-                                    ("redis", f"redis://127.0.0.1:{rport}/0")):
+                for name, store in (
+                    ("embedded", f"sqlite:///{folder}/e{r}.db"),
+                    ("redis", f"redis://127.0.0.1:{rport}/0"),
+                ):
                     sub = folder / f"{name}{r}"
                     sub.mkdir()
                     proc, url = serve(sub, store, token)

@@ -61,10 +61,15 @@ APPENDS = 1_000_000
 
 def config(i: int, now: float) -> BidderConfig:
     """Half daily budgets in five zones, half flights of a week; all traffic-paced, all active."""
-    period: Daily | Flight = (Daily(ZONES[i % len(ZONES)]) if i % 2 else
-                              Flight(now - 3600, now + 7 * 86400, ZONES[i % len(ZONES)]))
-    return BidderConfig(budget_micros=random.Random(i).randrange(10**9, 10**11), period=period, pacing="traffic",
-                        max_bid_micros=None if i % 3 else 50_000)
+    period: Daily | Flight = (
+        Daily(ZONES[i % len(ZONES)]) if i % 2 else Flight(now - 3600, now + 7 * 86400, ZONES[i % len(ZONES)])
+    )
+    return BidderConfig(
+        budget_micros=random.Random(i).randrange(10**9, 10**11),
+        period=period,
+        pacing="traffic",
+        max_bid_micros=None if i % 3 else 50_000,
+    )
 
 
 def engine(clock: ManualClock, bidders: int, leased: bool = False) -> Engine:
@@ -118,9 +123,13 @@ def tick_costs(bidders: int) -> dict[str, float]:
         if t >= WARM_TICKS:
             totals.append(now - started)
             steps.append(longest)
-    return {"tick_ms": statistics.median(totals) * 1e3, "tick_max_ms": max(totals) * 1e3,
-            "step_max_ms": max(steps) * 1e3, "step_median_ms": statistics.median(steps) * 1e3,
-            "open_reservations": sum(b.ledger.open_count for b in e.bidders.values())}
+    return {
+        "tick_ms": statistics.median(totals) * 1e3,
+        "tick_max_ms": max(totals) * 1e3,
+        "step_max_ms": max(steps) * 1e3,
+        "step_median_ms": statistics.median(steps) * 1e3,
+        "open_reservations": sum(b.ledger.open_count for b in e.bidders.values()),
+    }
 
 
 def rss() -> int:
@@ -166,8 +175,10 @@ def redis_server(cpu: int | None) -> Iterator[int]:
     port = free_port()
     pin = ["taskset", "-c", str(cpu)] if cpu is not None and shutil.which("taskset") else []
     with tempfile.TemporaryDirectory() as tmp:
-        proc = subprocess.Popen([*pin, "redis-server", "--port", str(port), "--save", "", "--appendonly", "no",
-                                 "--dir", tmp], stdout=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [*pin, "redis-server", "--port", str(port), "--save", "", "--appendonly", "no", "--dir", tmp],
+            stdout=subprocess.DEVNULL,
+        )
         try:
             deadline = time.monotonic() + 10
             while True:  # redis-server has no readiness signal: wait for its port
@@ -262,8 +273,9 @@ async def redis_sync(bidders: int, port: int) -> dict[str, float]:
             started = time.perf_counter()
             await asyncio.gather(*(put(i) for i in range(bidders)))
             put_s = time.perf_counter() - started
-            e = Engine(clock, EngineParams(tick_s=TICK_S), TrafficCurve.load(REPO / "models/prior/traffic.json"),
-                       leased=True)
+            e = Engine(
+                clock, EngineParams(tick_s=TICK_S), TrafficCurve.load(REPO / "models/prior/traffic.json"), leased=True
+            )
             versions: dict[str, int] = {}
             await load_bidders(e, store, await store.load_bidders(), versions)
             gc.collect()
@@ -295,8 +307,7 @@ async def redis_sync(bidders: int, port: int) -> dict[str, float]:
             with_wins = []
             for s in range(3):
                 clock.advance(SYNC_S)
-                wins = [WinRecord(f"b{i}", f"w{s}-{i}", 1500, e.period_key(f"b{i}"), clock.now)
-                        for i in range(bidders)]
+                wins = [WinRecord(f"b{i}", f"w{s}-{i}", 1500, e.period_key(f"b{i}"), clock.now) for i in range(bidders)]
                 await store.record_wins(wins)  # the journal commit is the event route's cost, not the sync's
                 started = time.perf_counter()
                 await fleet.sync()
@@ -305,11 +316,18 @@ async def redis_sync(bidders: int, port: int) -> dict[str, float]:
             gc.unfreeze()
             counter.close()
             await store.close()
-    return {"put_s": put_s, "sync_first_ms": first_ms, "sync_first_round_trips": first_trips,
-            "sync_ms": statistics.median(plain), "sync_cpu_ms": statistics.median(cpu),
-            "sync_round_trips": statistics.median(trips),
-            "sync_evalsha": statistics.median(evals), "sync_lua_ms": lua_ms,
-            "sync_with_wins_ms": statistics.median(with_wins), "sync_longest_block_ms": max(blocks)}
+    return {
+        "put_s": put_s,
+        "sync_first_ms": first_ms,
+        "sync_first_round_trips": first_trips,
+        "sync_ms": statistics.median(plain),
+        "sync_cpu_ms": statistics.median(cpu),
+        "sync_round_trips": statistics.median(trips),
+        "sync_evalsha": statistics.median(evals),
+        "sync_lua_ms": lua_ms,
+        "sync_with_wins_ms": statistics.median(with_wins),
+        "sync_longest_block_ms": max(blocks),
+    }
 
 
 def auction_log() -> dict[str, float]:
@@ -317,15 +335,17 @@ def auction_log() -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
         writer = AuctionLogWriter(tmp, "bench")
         now = time.time()
-        append = timeit.repeat(lambda: writer.decision(now, "b17", "r1t1-1234567", 2000, 2000, None),
-                               number=APPENDS, repeat=3)
+        append = timeit.repeat(
+            lambda: writer.decision(now, "b17", "r1t1-1234567", 2000, 2000, None), number=APPENDS, repeat=3
+        )
         writer.take()
         append_us = min(append) / APPENDS * 1e6
         table_us, write_wall, write_cpu = [], [], []
         for n in range(LOG_BATCHES):
             for k in range(LOG_ROWS):
-                writer.decision(now + k * 1e-5, f"b{k % 200}", f"r{n}t1-{k}", 2000, 2000 if k % 4 else 0,
-                                None if k % 4 else "paced")
+                writer.decision(
+                    now + k * 1e-5, f"b{k % 200}", f"r{n}t1-{k}", 2000, 2000 if k % 4 else 0, None if k % 4 else "paced"
+                )
             started, cpu, held = time.perf_counter(), time.process_time(), time.thread_time()
             batch = writer.take()
             table = writer.table(batch)
@@ -335,9 +355,13 @@ def auction_log() -> dict[str, float]:
             write_wall.append((time.perf_counter() - started) / LOG_ROWS * 1e6)
             write_cpu.append((time.process_time() - cpu) / LOG_ROWS * 1e6)
         size = sum(p.stat().st_size for p in Path(tmp).rglob("*.parquet"))
-    return {"append_us": append_us, "write_us_per_row": statistics.median(write_wall),
-            "write_cpu_us_per_row": statistics.median(write_cpu), "table_us_per_row": statistics.median(table_us),
-            "bytes_per_row": size / (LOG_ROWS * LOG_BATCHES)}
+    return {
+        "append_us": append_us,
+        "write_us_per_row": statistics.median(write_wall),
+        "write_cpu_us_per_row": statistics.median(write_cpu),
+        "table_us_per_row": statistics.median(table_us),
+        "bytes_per_row": size / (LOG_ROWS * LOG_BATCHES),
+    }
 
 
 def main() -> int:
@@ -378,14 +402,16 @@ def main() -> int:
             f"{out['sync_longest_block_ms']:.1f} ms between yields to bids); with a "
             f"win per bidder to ship {out['sync_with_wins_ms']:.1f} ms; "
             f"first sync (with discovery) {out['sync_first_ms']:.0f} ms in {out['sync_first_round_trips']} round "
-            f"trips; putting the {n:,} bidders took {out['put_s']:.1f} s")
+            f"trips; putting the {n:,} bidders took {out['put_s']:.1f} s"
+        )
     else:
         lines.append("Redis sync: not measured (redis-server not on PATH)")
     lines.append(
         f"auction log: {out['append_us']:.2f} us per decision on the hot path (append); the writer "
         f"{out['write_us_per_row']:.2f} us per row wall, {out['write_cpu_us_per_row']:.2f} us CPU, in "
         f"{LOG_ROWS // 1000}k-row batches, on its own low-priority thread (of which {out['table_us_per_row']:.2f} us "
-        f"wrapping the buffers as Arrow arrays); {out['bytes_per_row']:.1f} bytes per row on disk (bench ids)")
+        f"wrapping the buffers as Arrow arrays); {out['bytes_per_row']:.1f} bytes per row on disk (bench ids)"
+    )
     out["lines"] = lines
     if args.json:
         print(json.dumps(out))

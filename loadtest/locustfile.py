@@ -115,21 +115,43 @@ def _rfc3339(ts: float) -> str:
 @events.init_command_line_parser.add_listener
 def _options(parser: Any, **_: Any) -> None:
     group = parser.add_argument_group("pacer")
-    group.add_argument("--pacer-urls", env_var="PACER_URLS", default="",
-                       help="comma-separated base URLs of the instances, used in turn (default: --host)")
-    group.add_argument("--bidders", env_var="PACER_LT_BIDDERS", type=int, default=BIDDERS,
-                       help="how many bidders to create and bid for")
-    group.add_argument("--bidder-prefix", env_var="PACER_LT_PREFIX", default=BIDDER_PREFIX,
-                       help="bidder ids are this + 000, 001, ...")
+    group.add_argument(
+        "--pacer-urls",
+        env_var="PACER_URLS",
+        default="",
+        help="comma-separated base URLs of the instances, used in turn (default: --host)",
+    )
+    group.add_argument(
+        "--bidders",
+        env_var="PACER_LT_BIDDERS",
+        type=int,
+        default=BIDDERS,
+        help="how many bidders to create and bid for",
+    )
+    group.add_argument(
+        "--bidder-prefix", env_var="PACER_LT_PREFIX", default=BIDDER_PREFIX, help="bidder ids are this + 000, 001, ..."
+    )
     group.add_argument("--budget-min-micros", type=int, default=BUDGET_MIN_MICROS)
     group.add_argument("--budget-max-micros", type=int, default=BUDGET_MAX_MICROS)
-    group.add_argument("--flight-s", type=float, default=0.0,
-                       help=f"flight length (default: --run-time + {FLIGHT_TAIL_S:g} s, or {UNTIMED_FLIGHT_S:g} s)")
-    group.add_argument("--notices-to", choices=("next", "granting"), default="next",
-                       help="send each notice to the next instance in turn (as a round-robin balancer does), or "
-                       "to the instance that granted the bid (as a balancer hashing on auction_id does)")
-    group.add_argument("--ledger-dir", env_var="PACER_LEDGER_DIR", default="loadtest-out",
-                       help="where each process writes its exchange ledger at the end")
+    group.add_argument(
+        "--flight-s",
+        type=float,
+        default=0.0,
+        help=f"flight length (default: --run-time + {FLIGHT_TAIL_S:g} s, or {UNTIMED_FLIGHT_S:g} s)",
+    )
+    group.add_argument(
+        "--notices-to",
+        choices=("next", "granting"),
+        default="next",
+        help="send each notice to the next instance in turn (as a round-robin balancer does), or "
+        "to the instance that granted the bid (as a balancer hashing on auction_id does)",
+    )
+    group.add_argument(
+        "--ledger-dir",
+        env_var="PACER_LEDGER_DIR",
+        default="loadtest-out",
+        help="where each process writes its exchange ledger at the end",
+    )
 
 
 @dataclass(frozen=True)
@@ -156,9 +178,16 @@ class Settings:
         bidder = {**JSON_HEADERS, **({"Authorization": f"Bearer {bidder_token}"} if bidder_token else {})}
         width = max(3, len(str(o.bidders - 1)))
         flight_s = o.flight_s or (o.run_time + FLIGHT_TAIL_S if o.run_time else UNTIMED_FLIGHT_S)
-        return cls(urls, [f"{o.bidder_prefix}{i:0{width}d}" for i in range(o.bidders)], operator, bidder,
-                   (o.budget_min_micros, o.budget_max_micros), flight_s, o.notices_to == "granting",
-                   Path(o.ledger_dir))
+        return cls(
+            urls,
+            [f"{o.bidder_prefix}{i:0{width}d}" for i in range(o.bidders)],
+            operator,
+            bidder,
+            (o.budget_min_micros, o.budget_max_micros),
+            flight_s,
+            o.notices_to == "granting",
+            Path(o.ledger_dir),
+        )
 
     def budget(self, i: int) -> int:
         """Budgets spread log-evenly over the range, the same on every run."""
@@ -200,8 +229,11 @@ class Exchange:
 
     def auction(self) -> dict[str, Any]:
         value = max(1, round(self.rng.lognormvariate(math.log(VALUE_MEDIAN_MICROS), VALUE_SIGMA)))
-        return {"bidder_id": self.rng.choice(self.settings.bidders), "auction_id": next(self._auction_ids),
-                "bid_micros": value}
+        return {
+            "bidder_id": self.rng.choice(self.settings.bidders),
+            "auction_id": next(self._auction_ids),
+            "bid_micros": value,
+        }
 
     def error(self, text: str) -> None:
         if len(self.errors) < ERRORS_KEPT:
@@ -282,8 +314,13 @@ class Exchange:
         have recorded is safe, losing one is not."""
         body = _dumps({"events": [n.event for n in batch]})
         try:
-            with client.post(url + "/v1/events", data=body, headers=self.settings.bidder_headers,
-                             name="/v1/events", catch_response=True) as response:
+            with client.post(
+                url + "/v1/events",
+                data=body,
+                headers=self.settings.bidder_headers,
+                name="/v1/events",
+                catch_response=True,
+            ) as response:
                 if response.status_code == 200:
                     self._acknowledged(batch, response.json())
                     return True
@@ -350,8 +387,11 @@ class Exchange:
             "errors": self.errors[:ERRORS_KEPT],
             "error_count": len(self.errors),
             "unsent": len(self.pending),
-            "win_delay_s": {"p50": _quantile(delays, 0.5), "p99": _quantile(delays, 0.99),
-                            "max": delays[-1] if delays else None},
+            "win_delay_s": {
+                "p50": _quantile(delays, 0.5),
+                "p99": _quantile(delays, 0.99),
+                "max": delays[-1] if delays else None,
+            },
         }
         path.write_text(json.dumps(ledger))
         return path
@@ -366,8 +406,9 @@ _exchange: Exchange | None = None  # this process's, from test_start to the next
 
 def _session(environment: Environment) -> FastHttpSession:
     """A client outside any user (bidder creation, the final drain); its requests count in the stats."""
-    return FastHttpSession(None, environment.events.request, None, network_timeout=REQUEST_TIMEOUT_S,
-                           connection_timeout=REQUEST_TIMEOUT_S)
+    return FastHttpSession(
+        None, environment.events.request, None, network_timeout=REQUEST_TIMEOUT_S, connection_timeout=REQUEST_TIMEOUT_S
+    )
 
 
 @events.test_start.add_listener
@@ -393,16 +434,25 @@ def _create_bidders(environment: Environment, settings: Settings) -> None:
         start = now - CATCH_UP_FLIGHTS * settings.flight_s if late else now
         period = {"type": "flight", "start": _rfc3339(start), "end": _rfc3339(end)}
         body = {"budget_micros": settings.budget(i), "period": period, "pacing": PACINGS[i % len(PACINGS)]}
-        with client.put(f"{settings.urls[0]}/v1/bidders/{bidder_id}", data=_dumps(body),
-                        headers=settings.operator_headers, name="/v1/bidders/[id]", catch_response=True) as r:
+        with client.put(
+            f"{settings.urls[0]}/v1/bidders/{bidder_id}",
+            data=_dumps(body),
+            headers=settings.operator_headers,
+            name="/v1/bidders/[id]",
+            catch_response=True,
+        ) as r:
             if r.status_code not in (200, 201):
                 raise RuntimeError(f"PUT /v1/bidders/{bidder_id}: {r.status_code} {r.text}")
     deadline = time.monotonic() + VISIBLE_TIMEOUT_S
     for url in settings.urls:
         for bidder_id in settings.bidders:
             while True:  # another process's state: a bounded poll is the only way to see it
-                with client.get(f"{url}/v1/bidders/{bidder_id}", headers=settings.operator_headers,
-                                name="/v1/bidders/[id]", catch_response=True) as r:
+                with client.get(
+                    f"{url}/v1/bidders/{bidder_id}",
+                    headers=settings.operator_headers,
+                    name="/v1/bidders/[id]",
+                    catch_response=True,
+                ) as r:
                     if r.status_code == 200:
                         break
                     r.success()  # a 404 until the instance's next sync is expected
@@ -460,8 +510,9 @@ class BidderUser(FastHttpUser):
         return _exchange
 
     def _post(self, url: str, path: str, body: object, headers: dict[str, str]) -> Any:
-        with self.client.post(url + path, data=_dumps(body), headers=headers, name=path,
-                              catch_response=True) as response:
+        with self.client.post(
+            url + path, data=_dumps(body), headers=headers, name=path, catch_response=True
+        ) as response:
             if response.status_code == 200:
                 return response.json()
             response.failure(f"{response.status_code} {(response.text or str(response.error))[:200]}")
@@ -486,8 +537,12 @@ class OperatorUser(FastHttpUser):
         return self.settings.urls[next(self._turn) % len(self.settings.urls)]
 
     def _status(self, bidder_id: str) -> dict[str, Any] | None:
-        with self.client.get(f"{self._url()}/v1/bidders/{bidder_id}", headers=self.settings.operator_headers,
-                             name="/v1/bidders/[id]", catch_response=True) as r:
+        with self.client.get(
+            f"{self._url()}/v1/bidders/{bidder_id}",
+            headers=self.settings.operator_headers,
+            name="/v1/bidders/[id]",
+            catch_response=True,
+        ) as r:
             if r.status_code != 200:
                 r.failure(f"{r.status_code} {(r.text or str(r.error))[:200]}")
                 return None
@@ -502,8 +557,12 @@ class OperatorUser(FastHttpUser):
     def list_page(self) -> None:
         """The next page of the bidder list, from the start again after the last."""
         query = f"limit={LIST_LIMIT}" + (f"&cursor={self._cursor}" if self._cursor else "")
-        with self.client.get(f"{self._url()}/v1/bidders?{query}", headers=self.settings.operator_headers,
-                             name="/v1/bidders?limit=[n]", catch_response=True) as r:
+        with self.client.get(
+            f"{self._url()}/v1/bidders?{query}",
+            headers=self.settings.operator_headers,
+            name="/v1/bidders?limit=[n]",
+            catch_response=True,
+        ) as r:
             if r.status_code != 200:
                 r.failure(f"{r.status_code} {(r.text or str(r.error))[:200]}")
                 return
@@ -516,5 +575,9 @@ class OperatorUser(FastHttpUser):
         if status is None:
             return
         budget = round(max(status["budget_micros"], status["spent_micros"]) * self.rng.uniform(*BUDGET_RAISE))
-        self.client.patch(f"{self._url()}/v1/bidders/{bidder_id}", data=_dumps({"budget_micros": budget}),
-                          headers=self.settings.operator_headers, name="/v1/bidders/[id]")
+        self.client.patch(
+            f"{self._url()}/v1/bidders/{bidder_id}",
+            data=_dumps({"budget_micros": budget}),
+            headers=self.settings.operator_headers,
+            name="/v1/bidders/[id]",
+        )

@@ -65,10 +65,10 @@ class Connection(asyncio.Protocol):
             return
         head = self.buffer[:end].lower()
         at = head.find(b"content-length:")
-        length = int(head[at + 15:].split(b"\r\n", 1)[0]) if at >= 0 else 0
+        length = int(head[at + 15 :].split(b"\r\n", 1)[0]) if at >= 0 else 0
         if len(self.buffer) < end + 4 + length:
             return
-        self.buffer = self.buffer[end + 4 + length:]
+        self.buffer = self.buffer[end + 4 + length :]
         self.client.answered(self, time.perf_counter(), head[9:12] == b"200")
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -96,9 +96,17 @@ class Client:
 
     def request(self, i: int) -> bytes:
         body = b'{"bidder_id":"b%d","auction_id":"%s-%d","bid_micros":%d}' % (
-            i % BIDDERS, self.tag.encode(), i, BID_MICROS)
+            i % BIDDERS,
+            self.tag.encode(),
+            i,
+            BID_MICROS,
+        )
         return b"POST %s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (
-            self.path.encode(), self.host.encode(), len(body), body)
+            self.path.encode(),
+            self.host.encode(),
+            len(body),
+            body,
+        )
 
     def send(self, conn: Connection, now: float) -> None:
         i = self.next
@@ -173,11 +181,19 @@ async def run(url: str, rate: float, seconds: float, warmup: float, connections:
     sent_share = answered / measured_due if measured_due else 0.0
     lag_p99 = percentile(lag, 99)
     return {
-        "url": url, "rate": rate, "seconds": seconds, "connections": connections,
-        "achieved_rate": answered / seconds, "answered": answered, "lost": lost, "errors": client.errors,
-        "queued": client.queued, "elapsed_s": elapsed, "client_cpu_share": cpu / max(elapsed, 1e-9),
-        "latency_us": {str(q): percentile(latency, q) * 1e6 for q in PERCENTILES} | {"max": latency[-1] * 1e6
-                                                                                     if latency else None},
+        "url": url,
+        "rate": rate,
+        "seconds": seconds,
+        "connections": connections,
+        "achieved_rate": answered / seconds,
+        "answered": answered,
+        "lost": lost,
+        "errors": client.errors,
+        "queued": client.queued,
+        "elapsed_s": elapsed,
+        "client_cpu_share": cpu / max(elapsed, 1e-9),
+        "latency_us": {str(q): percentile(latency, q) * 1e6 for q in PERCENTILES}
+        | {"max": latency[-1] * 1e6 if latency else None},
         "service_us": {str(q): percentile(service, q) * 1e6 for q in PERCENTILES},
         "lag_us": {str(q): percentile(lag, q) * 1e6 for q in PERCENTILES},
         "sustained": bool(sent_share >= SUSTAINED_SHARE and lag_p99 <= MAX_LAG_P99_S and not lost),

@@ -143,28 +143,64 @@ def http(url: str, token: str | None = None) -> tuple[int, Any]:
         return 0, None
 
 
-def start_fleet(stack: ExitStack, tmp: Path, out: Path, token: str,
-                instances: int) -> tuple[list[str], dict[str, subprocess.Popen[bytes]]]:
+def start_fleet(
+    stack: ExitStack, tmp: Path, out: Path, token: str, instances: int
+) -> tuple[list[str], dict[str, subprocess.Popen[bytes]]]:
     """Redis, then the instances, each ready; returns their URLs and every process by name."""
     rport = free_port()
     (tmp / "redis").mkdir()
     redis_log = out / "redis.log"
-    redis = start(stack, ["redis-server", "--port", str(rport), "--bind", "127.0.0.1", "--save", "",
-                          "--appendonly", "no", "--dir", str(tmp / "redis")], tmp, dict(os.environ), redis_log)
+    redis = start(
+        stack,
+        [
+            "redis-server",
+            "--port",
+            str(rport),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(tmp / "redis"),
+        ],
+        tmp,
+        dict(os.environ),
+        redis_log,
+    )
     wait_until(lambda: redis_ready(rport), "redis-server", redis, redis_log)
     procs = {"redis": redis}
     env = {k: v for k, v in os.environ.items() if not k.startswith("PACER_")}
-    env.update(PACER_OPERATOR_TOKEN=token, PACER_LOG_URL=str(tmp / "pacer-log"), PACER_LOG_LEVEL="warning",
-               PACER_REFIT_S="0",  # no refit subprocess competing for the two cores during the measurement
-               PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])))
+    env.update(
+        PACER_OPERATOR_TOKEN=token,
+        PACER_LOG_URL=str(tmp / "pacer-log"),
+        PACER_LOG_LEVEL="warning",
+        PACER_REFIT_S="0",  # no refit subprocess competing for the two cores during the measurement
+        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])),
+    )
     urls = []
     for i in range(instances):
         folder = tmp / f"pacer{i}"
         folder.mkdir()
         port = free_port()
         log = out / f"pacer{i}.log"
-        proc = start(stack, [sys.executable, "-m", "pacer.cli", "serve", "--port", str(port),
-                             "--store", f"redis://127.0.0.1:{rport}/0"], folder, env, log)
+        proc = start(
+            stack,
+            [
+                sys.executable,
+                "-m",
+                "pacer.cli",
+                "serve",
+                "--port",
+                str(port),
+                "--store",
+                f"redis://127.0.0.1:{rport}/0",
+            ],
+            folder,
+            env,
+            log,
+        )
         url = f"http://127.0.0.1:{port}"
         wait_until(lambda u=url: http(u + "/readyz")[0] == 200, f"pacer serve {url}", proc, log)
         urls.append(url)
@@ -172,15 +208,44 @@ def start_fleet(stack: ExitStack, tmp: Path, out: Path, token: str,
     return urls, procs
 
 
-def run_locust(stack: ExitStack, args: argparse.Namespace, urls: list[str], token: str, out: Path,
-               fleet: dict[str, subprocess.Popen[bytes]]) -> tuple[int, dict[str, float]]:
+def run_locust(
+    stack: ExitStack,
+    args: argparse.Namespace,
+    urls: list[str],
+    token: str,
+    out: Path,
+    fleet: dict[str, subprocess.Popen[bytes]],
+) -> tuple[int, dict[str, float]]:
     """Locust's exit code, and the CPU each process used while it ran, in cores (1.0: one core busy)."""
     env = {**os.environ, "PACER_URLS": ",".join(urls), "PACER_OPERATOR_TOKEN": token}
     env.pop("PACER_BIDDER_TOKEN", None)
-    cmd = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--only-summary",
-           "-u", str(args.users), "-r", str(min(args.users, SPAWN_RATE_MAX)), "--run-time", args.run_time,
-           "--host", urls[0], "--csv", str(out / "locust"), "--html", str(out / "locust.html"),
-           "--bidders", str(args.bidders), "--notices-to", args.notices_to, "--ledger-dir", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "locust",
+        "-f",
+        str(LOCUSTFILE),
+        "--headless",
+        "--only-summary",
+        "-u",
+        str(args.users),
+        "-r",
+        str(min(args.users, SPAWN_RATE_MAX)),
+        "--run-time",
+        args.run_time,
+        "--host",
+        urls[0],
+        "--csv",
+        str(out / "locust"),
+        "--html",
+        str(out / "locust.html"),
+        "--bidders",
+        str(args.bidders),
+        "--notices-to",
+        args.notices_to,
+        "--ledger-dir",
+        str(out),
+    ]
     if args.processes > 1:
         cmd += ["--processes", str(args.processes)]
     print(f"locust: {args.users} users for {args.run_time} on {', '.join(urls)}", flush=True)
@@ -215,6 +280,7 @@ def fleet_view(urls: list[str], token: str, prefix: str) -> list[dict[str, dict[
 
 def settle(urls: list[str], token: str, prefix: str) -> tuple[dict[str, dict[str, Any]], bool]:
     """Poll until every instance shows the same spend for every bidder, twice in a row one sync apart."""
+
     def spend(view: dict[str, dict[str, Any]]) -> dict[str, int]:
         return {b: s["spent_micros"] for b, s in view.items()}
 
@@ -282,17 +348,27 @@ def locust_routes(out: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def report(args: argparse.Namespace, urls: list[str], locust_rc: int, cpu: dict[str, float],
-           status: dict[str, dict[str, Any]], settled: bool, ledger: Ledger, out: Path) -> bool:
+def report(
+    args: argparse.Namespace,
+    urls: list[str],
+    locust_rc: int,
+    cpu: dict[str, float],
+    status: dict[str, dict[str, Any]],
+    settled: bool,
+    ledger: Ledger,
+    out: Path,
+) -> bool:
     """Print the table and the checks; True if every check passed."""
     lines: list[str] = []
     failures: list[str] = []
     service_total = sum(s["spent_micros"] for s in status.values())
     exchange_total = sum(ledger.spend(b) for b in status)
-    mismatched = {b: (s["spent_micros"], ledger.spend(b)) for b, s in status.items()
-                  if s["spent_micros"] != ledger.spend(b)}
-    over = {b: s["spent_micros"] - s["budget_micros"] for b, s in status.items()
-            if s["spent_micros"] > s["budget_micros"]}
+    mismatched = {
+        b: (s["spent_micros"], ledger.spend(b)) for b, s in status.items() if s["spent_micros"] != ledger.spend(b)
+    }
+    over = {
+        b: s["spent_micros"] - s["budget_micros"] for b, s in status.items() if s["spent_micros"] > s["budget_micros"]
+    }
     exhausted = sum(s["spent_micros"] >= EXHAUSTED_SHARE * s["budget_micros"] for s in status.values())
     states = Counter(s["state"] for s in status.values())
     t, reasons = ledger.tally, ledger.reasons
@@ -307,17 +383,24 @@ def report(args: argparse.Namespace, urls: list[str], locust_rc: int, cpu: dict[
     lines.append(f"pacer load test: {len(urls)} instances + Redis, {args.users} locust users, {args.run_time}")
     row("bidders", f"{len(status)} (states: {', '.join(f'{k} {v}' for k, v in sorted(states.items()))})")
     row("bids asked (auctions)", f"{auctions:,}")
-    row("grants", f"{grants:,} ({grants / max(auctions, 1):.1%}); no bid: "
-        + ", ".join(f"{k} {v:,}" for k, v in reasons.most_common() if k != "bid"))
+    row(
+        "grants",
+        f"{grants:,} ({grants / max(auctions, 1):.1%}); no bid: "
+        + ", ".join(f"{k} {v:,}" for k, v in reasons.most_common() if k != "bid"),
+    )
     row("wins (unique, acknowledged)", f"{ledger.wins:,} ({ledger.wins / max(grants, 1):.1%} of grants)")
-    row("win notices acknowledged", f"{t['win_notices']:,}, of them duplicates sent on purpose "
-        f"{t['duplicates_sent']:,}")
+    row(
+        "win notices acknowledged", f"{t['win_notices']:,}, of them duplicates sent on purpose {t['duplicates_sent']:,}"
+    )
     row("loss notices acknowledged", f"{t['loss_notices']:,}")
     row("notices posted again (no 200)", f"{t['events_retried']:,}")
     row("service answered", f"accepted {t['service_accepted']:,}, duplicates {t['service_duplicates']:,}")
     row("win notice delay (grant -> 200)", f"p99 {ledger.delay_p99:.3f} s, max {ledger.delay_max:.3f} s")
-    row("spend: service / exchange", f"{service_total:,} / {exchange_total:,} micros "
-        + ("(equal per bidder)" if not mismatched else f"({len(mismatched)} bidders differ)"))
+    row(
+        "spend: service / exchange",
+        f"{service_total:,} / {exchange_total:,} micros "
+        + ("(equal per bidder)" if not mismatched else f"({len(mismatched)} bidders differ)"),
+    )
     row("overspent bidders", f"{len(over)}")
     row("exhausted bidders", f"{exhausted} (spent >= {EXHAUSTED_SHARE:.0%} of budget)")
     row(f"CPU while locust ran, of {os.cpu_count()} cores", ", ".join(f"{k} {v:.2f}" for k, v in cpu.items()))
@@ -325,8 +408,10 @@ def report(args: argparse.Namespace, urls: list[str], locust_rc: int, cpu: dict[
     lines.append(f"  {'route':<24} {'method':<6} {'requests':>9} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'fails':>6}")
     for r in locust_routes(out):
         if r["Name"] in ROUTES or r["Name"] == "Aggregated":
-            lines.append(f"  {r['Name']:<24} {r['Type']:<6} {int(r['Request Count']):>9,} "
-                         f"{float(r['Requests/s']):>8.1f} {r['50%']:>7} {r['99%']:>7} {r['Failure Count']:>6}")
+            lines.append(
+                f"  {r['Name']:<24} {r['Type']:<6} {int(r['Request Count']):>9,} "
+                f"{float(r['Requests/s']):>8.1f} {r['50%']:>7} {r['99%']:>7} {r['Failure Count']:>6}"
+            )
 
     if locust_rc != 0:
         failures.append(f"locust exited with {locust_rc} (failed requests or errors: see its output)")
@@ -348,9 +433,16 @@ def report(args: argparse.Namespace, urls: list[str], locust_rc: int, cpu: dict[
         failures.append(f"{ledger.error_count} exchange errors, e.g. {ledger.errors[:3]}")
     lines.append("")
     lines += [f"FAIL {f}" for f in failures] or ["OK: spend == exchange ledger exactly for every bidder; no overspend"]
-    per_bidder = {b: {"budget_micros": s["budget_micros"], "spent_micros": s["spent_micros"],
-                      "exchange_micros": ledger.spend(b), "state": s["state"], "pacing": s["pacing"]}
-                  for b, s in sorted(status.items())}
+    per_bidder = {
+        b: {
+            "budget_micros": s["budget_micros"],
+            "spent_micros": s["spent_micros"],
+            "exchange_micros": ledger.spend(b),
+            "state": s["state"],
+            "pacing": s["pacing"],
+        }
+        for b, s in sorted(status.items())
+    }
     (out / "bidders.json").write_text(json.dumps(per_bidder, indent=1))
     text = "\n".join(lines)
     print("\n" + text, flush=True)
@@ -365,8 +457,12 @@ def main() -> int:
     parser.add_argument("--bidders", type=int, default=BIDDERS)
     parser.add_argument("--instances", type=int, default=INSTANCES)
     parser.add_argument("--processes", type=int, default=1, help="locust processes (each writes its own ledger)")
-    parser.add_argument("--notices-to", choices=("next", "granting"), default="next",
-                        help="notices to the next instance in turn (round-robin) or to the one that granted the bid")
+    parser.add_argument(
+        "--notices-to",
+        choices=("next", "granting"),
+        default="next",
+        help="notices to the next instance in turn (round-robin) or to the one that granted the bid",
+    )
     parser.add_argument("--out", type=Path, default=Path("loadtest-out"))
     args = parser.parse_args()
     if shutil.which("redis-server") is None:
@@ -374,8 +470,13 @@ def main() -> int:
         return 2
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    for old in [*out.glob("exchange-*.json"), *out.glob("locust*"), *out.glob("pacer*.log"), out / "summary.txt",
-                out / "bidders.json"]:
+    for old in [
+        *out.glob("exchange-*.json"),
+        *out.glob("locust*"),
+        *out.glob("pacer*.log"),
+        out / "summary.txt",
+        out / "bidders.json",
+    ]:
         old.unlink(missing_ok=True)
     signal.signal(signal.SIGTERM, _terminate)
     token = secrets.token_urlsafe(16)

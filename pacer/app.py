@@ -84,9 +84,15 @@ def build_fastapi(service: Service, settings: Settings, token: str) -> FastAPI:
             await service.stop()
 
     # redirect_slashes off: a redirect would echo the request's Host header back (open redirect); 404 instead.
-    app = FastAPI(title="pacer", version=__version__, lifespan=lifespan, redirect_slashes=False,
-                  docs_url=None, redoc_url=None,  # FastAPI's pages load unpinned scripts from a CDN: _serve_docs
-                  description="Real-time budget pacing for ad bidding. Money is integer micros.")
+    app = FastAPI(
+        title="pacer",
+        version=__version__,
+        lifespan=lifespan,
+        redirect_slashes=False,
+        docs_url=None,
+        redoc_url=None,  # FastAPI's pages load unpinned scripts from a CDN: _serve_docs
+        description="Real-time budget pacing for ad bidding. Money is integer micros.",
+    )
     app.state.service = service
     app.state.operator_token = token
     app.include_router(operator_router)
@@ -139,8 +145,13 @@ def build_fastapi(service: Service, settings: Settings, token: str) -> FastAPI:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         # FastAPI's only 400 is a body it could not parse (e.g. not UTF-8): the same error as invalid JSON.
-        codes = {400: "invalid_json", 404: "not_found", 405: "method_not_allowed", 401: "unauthorized",
-                 403: "unauthorized"}
+        codes = {
+            400: "invalid_json",
+            404: "not_found",
+            405: "method_not_allowed",
+            401: "unauthorized",
+            403: "unauthorized",
+        }
         message = "body is not valid JSON" if exc.status_code == 400 else str(exc.detail)
         response = _error(ApiError(exc.status_code, codes.get(exc.status_code, "http_error"), message))
         response.headers.update(exc.headers or {})
@@ -156,9 +167,14 @@ def build_fastapi(service: Service, settings: Settings, token: str) -> FastAPI:
 
     readiness = {"application/json": {"schema": {"$ref": "#/components/schemas/Readiness"}}}
 
-    @app.get("/readyz", tags=["ops"], responses={200: {"content": readiness},
-                                                 503: {"description": "not ready: `stale` and `store` say why",
-                                                       "content": readiness}})
+    @app.get(
+        "/readyz",
+        tags=["ops"],
+        responses={
+            200: {"content": readiness},
+            503: {"description": "not ready: `stale` and `store` say why", "content": readiness},
+        },
+    )
     async def readyz() -> JSONResponse:
         """Ready to take traffic: the store answers and accepted its last write (every sync writes, so a disk that
         filled up shows within one), a sync reached it within max(2 s, 2 sync intervals), and the pacing tick ran
@@ -168,8 +184,13 @@ def build_fastapi(service: Service, settings: Settings, token: str) -> FastAPI:
         store_ok = await service.store.ping()
         stale = service.stale()
         ready = store_ok and not stale
-        body: dict[str, object] = {"status": "ready" if ready else "not_ready", "store": store_ok, "stale": stale,
-                                   "bidders": len(service.engine.bidders), "traffic_curve": service.engine.curve.name}
+        body: dict[str, object] = {
+            "status": "ready" if ready else "not_ready",
+            "store": store_ok,
+            "stale": stale,
+            "bidders": len(service.engine.bidders),
+            "traffic_curve": service.engine.curve.name,
+        }
         if service.log is not None:
             body["auction_log"] = service.log.status()
             if not service.log.ok and ready:
@@ -178,9 +199,13 @@ def build_fastapi(service: Service, settings: Settings, token: str) -> FastAPI:
         if fleet is not None:
             lost = fleet.lost
             age = round(fleet.age_s, 3) if fleet.syncs else None
-            body["fleet"] = {"instance": fleet.store.instance, "last_sync_age_s": age,
-                             "leases_valid": not fleet.revoked, "store_lost_bidders": lost[:100],
-                             "store_lost_count": len(lost)}
+            body["fleet"] = {
+                "instance": fleet.store.instance,
+                "last_sync_age_s": age,
+                "leases_valid": not fleet.revoked,
+                "store_lost_bidders": lost[:100],
+                "store_lost_count": len(lost),
+            }
             if lost and ready:
                 body["status"] = "degraded"
         return JSONResponse(body, status_code=200 if ready else 503)
@@ -195,22 +220,30 @@ def build_fastapi(service: Service, settings: Settings, token: str) -> FastAPI:
     return app
 
 
-_DOCS_ASSETS = {"swagger-ui-bundle.js": "application/javascript", "swagger-ui.css": "text/css",
-                "favicon-32x32.png": "image/png"}
+_DOCS_ASSETS = {
+    "swagger-ui-bundle.js": "application/javascript",
+    "swagger-ui.css": "text/css",
+    "favicon-32x32.png": "image/png",
+}
 
 
 def _serve_docs(app: FastAPI) -> None:
     """/docs: Swagger UI from the pinned fastapi-swagger package, served from this origin. Operators paste their
     token into this page: no third-party script may run on it (the CSP says so to the browser, too)."""
     assets = resources.files("fastapi_swagger.resources")
-    policy = ("default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
-              "img-src 'self' data:")
+    policy = (
+        "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; img-src 'self' data:"
+    )
 
     @app.get("/docs", include_in_schema=False)
     async def docs() -> HTMLResponse:
-        page = get_swagger_ui_html(openapi_url="/openapi.json", title="pacer API",
-                                   swagger_js_url="/docs/swagger-ui-bundle.js", swagger_css_url="/docs/swagger-ui.css",
-                                   swagger_favicon_url="/docs/favicon-32x32.png")
+        page = get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title="pacer API",
+            swagger_js_url="/docs/swagger-ui-bundle.js",
+            swagger_css_url="/docs/swagger-ui.css",
+            swagger_favicon_url="/docs/favicon-32x32.png",
+        )
         page.headers["Content-Security-Policy"] = policy
         return page
 
@@ -228,17 +261,25 @@ _METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 def _methods(app: FastAPI, scope: StarletteScope) -> list[str]:
     """Every method some route takes on this path (RFC 9110: a 405's Allow lists all the resource supports), asked
     of the router itself, the included routers' routes too."""
-    return [method for method in _METHODS
-            if any(route.matches({**scope, "method": method})[0] == Match.FULL for route in app.router.routes)]
+    return [
+        method
+        for method in _METHODS
+        if any(route.matches({**scope, "method": method})[0] == Match.FULL for route in app.router.routes)
+    ]
 
 
 _READINESS = {
-    "title": "Readiness", "type": "object", "required": ["status", "store", "stale", "bidders", "traffic_curve"],
+    "title": "Readiness",
+    "type": "object",
+    "required": ["status", "store", "stale", "bidders", "traffic_curve"],
     "properties": {
         "status": {"enum": ["ready", "not_ready", "degraded"]},
         "store": {"type": "boolean", "description": "the store answers"},
-        "stale": {"type": "object", "additionalProperties": {"type": "string"},
-                  "description": "each part that failed (tick, sync, store_write) and why; empty when ready"},
+        "stale": {
+            "type": "object",
+            "additionalProperties": {"type": "string"},
+            "description": "each part that failed (tick, sync, store_write) and why; empty when ready",
+        },
         "bidders": {"type": "integer", "minimum": 0},
         "traffic_curve": {"type": "string"},
         "auction_log": {"type": "object", "description": "with PACER_LOG_URL: whether rows are being written"},
@@ -251,25 +292,42 @@ def _document_bidder_routes(app: FastAPI, bidder_auth: bool) -> None:
     """Add the raw bidder routes to /openapi.json from the msgspec structs that decode them, with every status the
     dispatcher (PacerApp) and the handlers answer; the shared components (Error, Readiness) too."""
     refs, components = bidder.schemas()
-    errors = responses(400, (401, "`unauthorized`: missing or wrong bearer token (only when PACER_BIDDER_TOKEN is "
-                                  "set)"), 413, 415, 422)
+    errors = responses(
+        400, (401, "`unauthorized`: missing or wrong bearer token (only when PACER_BIDDER_TOKEN is set)"), 413, 415, 422
+    )
     security: dict[str, object] = {"security": [{"BidderBearer": []}]} if bidder_auth else {}
 
     def route(summary: str, request: str, response: str, doc: str, *more: int) -> dict[str, object]:
-        return {"post": {
-            "tags": ["bidder"], "summary": summary, "description": doc, **security,
-            "requestBody": {"required": True, "content": {"application/json": {"schema": refs[request]}}},
-            "responses": {"200": {"description": "OK", "content": {"application/json": {"schema": refs[response]}}},
-                          **{str(status): body for status, body in {**errors, **responses(*more)}.items()}},
-        }}
+        return {
+            "post": {
+                "tags": ["bidder"],
+                "summary": summary,
+                "description": doc,
+                **security,
+                "requestBody": {"required": True, "content": {"application/json": {"schema": refs[request]}}},
+                "responses": {
+                    "200": {"description": "OK", "content": {"application/json": {"schema": refs[response]}}},
+                    **{str(status): body for status, body in {**errors, **responses(*more)}.items()},
+                },
+            }
+        }
 
     paths = {
-        "/v1/bid": route("Decide one bid", "BidRequest", "Decision",
-                         "Bid or not, and at what price (never above the request nor max_bid_micros). In memory."),
+        "/v1/bid": route(
+            "Decide one bid",
+            "BidRequest",
+            "Decision",
+            "Bid or not, and at what price (never above the request nor max_bid_micros). In memory.",
+        ),
         "/v1/bids": route("Decide up to 1000 bids", "BidsRequest", "Decisions", "Decisions in request order."),
-        "/v1/events": route("Report wins and losses", "EventsRequest", "EventsResponse",
-                            "1..1000 events; all valid or none counted. 200 means durable; a win counts once. "
-                            "503 if the store cannot record them: retry.", 503),
+        "/v1/events": route(
+            "Report wins and losses",
+            "EventsRequest",
+            "EventsResponse",
+            "1..1000 events; all valid or none counted. 200 means durable; a win counts once. "
+            "503 if the store cannot record them: retry.",
+            503,
+        ),
     }
 
     def openapi() -> dict[str, Any]:
@@ -280,7 +338,10 @@ def _document_bidder_routes(app: FastAPI, bidder_auth: bool) -> None:
             parts.setdefault("schemas", {}).update({**components, "Error": ERROR, "Readiness": _READINESS})
             if bidder_auth:
                 parts.setdefault("securitySchemes", {})["BidderBearer"] = {
-                    "type": "http", "scheme": "bearer", "description": "PACER_BIDDER_TOKEN"}
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "PACER_BIDDER_TOKEN",
+                }
             app.openapi_schema = schema
         return app.openapi_schema
 
@@ -328,14 +389,16 @@ class PacerApp:
         try:
             if scope["method"] != "POST":
                 raise ApiError(405, "method_not_allowed", f"{scope['method']} not allowed; use POST")
-            if self._bidder_token is not None and not bearer_matches(_header(scope, b"authorization"),
-                                                                     self._bidder_token):
+            if self._bidder_token is not None and not bearer_matches(
+                _header(scope, b"authorization"), self._bidder_token
+            ):
                 raise ApiError(401, "unauthorized", "missing or wrong bidder bearer token")
             if not _is_json(_header(scope, b"content-type")):
                 # A browser may post text/plain anywhere without asking (no CORS preflight): a web page would
                 # otherwise reserve budgets or report fake wins through any bidder's browser.
-                raise ApiError(415, "unsupported_media_type", "send the body with Content-Type: application/json",
-                               "Content-Type")
+                raise ApiError(
+                    415, "unsupported_media_type", "send the body with Content-Type: application/json", "Content-Type"
+                )
             body = await _read_body(scope, receive, self._max_body)
             decide = self._decide.get(path)
             status, out = 200, decide(body) if decide is not None else await self._record[path](body)
@@ -418,8 +481,11 @@ def create_app(settings: Settings | None = None) -> PacerApp:
     """Build the whole service from settings (uvicorn calls this as a factory)."""
     settings = settings or Settings()
     params = EngineParams(
-        tick_s=settings.tick_ms / 1000, ttl_min_s=settings.ttl_min_s, ttl_max_s=settings.ttl_max_s,
-        ttl_initial_s=settings.ttl_initial_s, control=ControlParams(),
+        tick_s=settings.tick_ms / 1000,
+        ttl_min_s=settings.ttl_min_s,
+        ttl_max_s=settings.ttl_max_s,
+        ttl_initial_s=settings.ttl_initial_s,
+        control=ControlParams(),
     )
     dedupe_s = settings.dedupe_days * 86400
     instance = instance_id()
@@ -427,19 +493,37 @@ def create_app(settings: Settings | None = None) -> PacerApp:
     store = open_store(settings.store, settings.journal_dir, dedupe_s, instance)
     fleet = isinstance(store, RedisStore)  # the one place that asks: the service reaches the rest via its Fleet
     engine = Engine(wall_clock, params, _curve(settings), leased=fleet)
-    refit = RefitSettings(settings.refit_s, settings.log_url, settings.refit_since, settings.refit_engine,
-                          settings.spark_master, settings.refit_timeout_s) if settings.log_url else None
-    service = Service(engine, store, params.tick_s, settings.sync_ms / 1000, dedupe_s,
-                      log_flush=(settings.log_flush_s, settings.log_flush_rows), refit=refit, instance=instance)
+    refit = (
+        RefitSettings(
+            settings.refit_s,
+            settings.log_url,
+            settings.refit_since,
+            settings.refit_engine,
+            settings.spark_master,
+            settings.refit_timeout_s,
+        )
+        if settings.log_url
+        else None
+    )
+    service = Service(
+        engine,
+        store,
+        params.tick_s,
+        settings.sync_ms / 1000,
+        dedupe_s,
+        log_flush=(settings.log_flush_s, settings.log_flush_rows),
+        refit=refit,
+        instance=instance,
+    )
     if settings.log_url:
         try:
-            service.log = AuctionLogWriter(settings.log_url, service.instance.replace(":", "-"), settings.log_sample,
-                                     settings.log_max_rows)
+            service.log = AuctionLogWriter(
+                settings.log_url, service.instance.replace(":", "-"), settings.log_sample, settings.log_max_rows
+            )
         except ValueError as exc:
             raise SystemExit(f"pacer: PACER_LOG_URL: {exc}") from None
     if isinstance(store, RedisStore):
-        service.fleet = Fleet(engine, store, service.versions, settings.sync_ms / 1000,
-                              settings.lease_ttl_ms / 1000)
+        service.fleet = Fleet(engine, store, service.versions, settings.sync_ms / 1000, settings.lease_ttl_ms / 1000)
     else:
         service.snapshots = store
     try:

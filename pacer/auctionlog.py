@@ -34,17 +34,19 @@ import pyarrow.parquet as pq
 
 log = logging.getLogger("pacer")
 
-SCHEMA = pa.schema([
-    pa.field("ts", pa.timestamp("ms", tz="UTC"), nullable=False),
-    pa.field("kind", pa.string(), nullable=False),
-    pa.field("bidder_id", pa.string(), nullable=False),
-    pa.field("auction_id", pa.string(), nullable=False),
-    pa.field("bid_micros", pa.int64()),
-    pa.field("granted_micros", pa.int64()),
-    pa.field("reason", pa.string()),
-    pa.field("price_micros", pa.int64()),
-    pa.field("sample", pa.float64(), nullable=False),
-])
+SCHEMA = pa.schema(
+    [
+        pa.field("ts", pa.timestamp("ms", tz="UTC"), nullable=False),
+        pa.field("kind", pa.string(), nullable=False),
+        pa.field("bidder_id", pa.string(), nullable=False),
+        pa.field("auction_id", pa.string(), nullable=False),
+        pa.field("bid_micros", pa.int64()),
+        pa.field("granted_micros", pa.int64()),
+        pa.field("reason", pa.string()),
+        pa.field("price_micros", pa.int64()),
+        pa.field("sample", pa.float64(), nullable=False),
+    ]
+)
 BID, WIN, LOSS = "bid", "win", "loss"
 
 
@@ -89,8 +91,7 @@ class Rows:
     to traverse (10^6 buffered rows held as Python objects cost 300-500 ms per full collection, and as much again
     to free), and Arrow takes the buffers without copying."""
 
-    __slots__ = ("auction_data", "auction_ends", "bid", "bidder", "bidders", "granted", "kind", "price", "reason",
-                 "ts")
+    __slots__ = ("auction_data", "auction_ends", "bid", "bidder", "bidders", "granted", "kind", "price", "reason", "ts")
 
     def __init__(self) -> None:
         # The batch's own dictionary of bidder ids: it goes with the batch, so ids seen once (a client sending
@@ -123,18 +124,23 @@ class Rows:
             return pa.DictionaryArray.from_arrays(indices, pa.array(names, pa.string())).cast(pa.string())
 
         ts_ms = np.rint(np.frombuffer(self.ts, np.float64) * 1000.0).astype(np.int64)
-        auction = pa.StringArray.from_buffers(len(self), pa.py_buffer(self.auction_ends),
-                                              pa.py_buffer(self.auction_data))
-        return pa.table({
-            "ts": pa.array(ts_ms, pa.timestamp("ms", tz="UTC")),
-            "kind": coded(kind.astype(np.int32), list(KINDS)),
-            "bidder_id": coded(np.frombuffer(self.bidder, np.int32), self.bidders.names),
-            "auction_id": auction,
-            "bid_micros": ints(self.bid, is_bid), "granted_micros": ints(self.granted, is_bid),
-            "reason": coded(np.maximum(reason - 1, 0), reasons or [""], reason > 0),
-            "price_micros": ints(self.price, is_win),
-            "sample": pa.array(np.where(is_bid, sample, 1.0), pa.float64()),
-        }, schema=SCHEMA)
+        auction = pa.StringArray.from_buffers(
+            len(self), pa.py_buffer(self.auction_ends), pa.py_buffer(self.auction_data)
+        )
+        return pa.table(
+            {
+                "ts": pa.array(ts_ms, pa.timestamp("ms", tz="UTC")),
+                "kind": coded(kind.astype(np.int32), list(KINDS)),
+                "bidder_id": coded(np.frombuffer(self.bidder, np.int32), self.bidders.names),
+                "auction_id": auction,
+                "bid_micros": ints(self.bid, is_bid),
+                "granted_micros": ints(self.granted, is_bid),
+                "reason": coded(np.maximum(reason - 1, 0), reasons or [""], reason > 0),
+                "price_micros": ints(self.price, is_win),
+                "sample": pa.array(np.where(is_bid, sample, 1.0), pa.float64()),
+            },
+            schema=SCHEMA,
+        )
 
 
 class AuctionLogWriter:
@@ -147,8 +153,9 @@ class AuctionLogWriter:
     oldest decisions are dropped and counted (outcomes carry the money).
     """
 
-    def __init__(self, url: str, writer_id: str, sample: float = 1.0, max_rows: int = 2_000_000,
-                 rng: random.Random | None = None) -> None:
+    def __init__(
+        self, url: str, writer_id: str, sample: float = 1.0, max_rows: int = 2_000_000, rng: random.Random | None = None
+    ) -> None:
         if not 0.0 <= sample <= 1.0:
             raise ValueError(f"log sample must be within [0, 1], got {sample}")
         self.url = url
@@ -170,8 +177,7 @@ class AuctionLogWriter:
 
     # --- the hot path ---------------------------------------------------------------------------------------
 
-    def decision(self, ts: float, bidder_id: str, auction_id: str, bid: int, granted: int, reason: str | None
-                 ) -> None:
+    def decision(self, ts: float, bidder_id: str, auction_id: str, bid: int, granted: int, reason: str | None) -> None:
         """A decision for a configured bidder (the caller counts, and does not log, those for unknown ones)."""
         if self.sample < 1.0 and self._random() >= self.sample:
             return
@@ -240,8 +246,13 @@ class AuctionLogWriter:
             except (OSError, pa.ArrowException) as exc:
                 self.failures += 1
                 if self.last_error is None:
-                    log.error("auction log: cannot write to %s: %s (bidding goes on; rows wait in memory up to "
-                              "%d, then the oldest decisions are dropped and counted)", self.url, exc, self.max_rows)
+                    log.error(
+                        "auction log: cannot write to %s: %s (bidding goes on; rows wait in memory up to "
+                        "%d, then the oldest decisions are dropped and counted)",
+                        self.url,
+                        exc,
+                        self.max_rows,
+                    )
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 self._wait(table)
                 return False
@@ -255,7 +266,7 @@ class AuctionLogWriter:
         """Keep unwritten rows; beyond max_rows waiting (with those still buffered), drop the oldest decisions."""
         excess = table.num_rows + len(self._rows) - self.max_rows
         if excess > 0:
-            is_bid = (table.column("kind").to_numpy(zero_copy_only=False) == BID)
+            is_bid = table.column("kind").to_numpy(zero_copy_only=False) == BID
             drop = is_bid & (np.cumsum(is_bid) <= excess)
             table = table.filter(pa.array(~drop))
             self.dropped_rows += int(drop.sum())
@@ -293,6 +304,13 @@ class AuctionLogWriter:
                 pq.write_table(part, f"{folder}/{name}", filesystem=self.fs, compression="zstd")
 
     def status(self) -> dict[str, object]:
-        return {"url": self.url, "ok": self.ok, "sample": self.sample, "written_rows": self.written_rows,
-                "pending_rows": self.pending, "dropped_rows": self.dropped_rows, "write_failures": self.failures,
-                "last_error": self.last_error}
+        return {
+            "url": self.url,
+            "ok": self.ok,
+            "sample": self.sample,
+            "written_rows": self.written_rows,
+            "pending_rows": self.pending,
+            "dropped_rows": self.dropped_rows,
+            "write_failures": self.failures,
+            "last_error": self.last_error,
+        }

@@ -24,8 +24,11 @@ def _serve(args: argparse.Namespace) -> int:
             os.environ[env] = str(value)
     settings = Settings()
     if args.workers > 1 and settings.store.startswith("sqlite"):
-        print("pacer: --workers > 1 needs a shared store (redis://...): with one SQLite file per process "
-              "every worker would spend the whole budget.", file=sys.stderr)
+        print(
+            "pacer: --workers > 1 needs a shared store (redis://...): with one SQLite file per process "
+            "every worker would spend the whole budget.",
+            file=sys.stderr,
+        )
         return 2
     try:  # before any worker starts: an empty token must stop the service, not open it
         operator_token(settings)
@@ -34,14 +37,25 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"pacer: {exc}", file=sys.stderr)
         return 2
     if settings.operator_token is None:
-        print(f"pacer: operator token (PACER_OPERATOR_TOKEN unset) is in {settings.operator_token_file.resolve()}",
-              file=sys.stderr, flush=True)
+        print(
+            f"pacer: operator token (PACER_OPERATOR_TOKEN unset) is in {settings.operator_token_file.resolve()}",
+            file=sys.stderr,
+            flush=True,
+        )
     # The guarded protocol bounds request heads and idle connections and caps connections (pacer/connections.py).
     raise_fd_limit(settings.max_connections)
     uvicorn.run(
-        "pacer.app:create_app", factory=True, host=settings.host, port=settings.port, workers=args.workers,
-        loop="uvloop", http=GuardedHttpToolsProtocol, timeout_keep_alive=settings.keep_alive_s, access_log=False,
-        log_level=settings.log_level, log_config=log_config(settings.log_format, settings.log_level),
+        "pacer.app:create_app",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=args.workers,
+        loop="uvloop",
+        http=GuardedHttpToolsProtocol,
+        timeout_keep_alive=settings.keep_alive_s,
+        access_log=False,
+        log_level=settings.log_level,
+        log_config=log_config(settings.log_format, settings.log_level),
     )
     return 0
 

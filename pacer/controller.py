@@ -123,8 +123,19 @@ class Controller(ControlLaw):
     """pacer's control law (see the module docstring)."""
 
     name = "pacer"
-    STATE = (("u_i", 0.0), ("rate", 0.0), ("price", 0.0), ("error", 0.0), ("u_ff", 0.0), ("ff_on", 0.0),
-             ("ff_rebase", 0.0), ("lvl_num", 0.0), ("lvl_den", 0.0), ("w_last", np.nan), *ControlLaw.STATE)
+    STATE = (
+        ("u_i", 0.0),
+        ("rate", 0.0),
+        ("price", 0.0),
+        ("error", 0.0),
+        ("u_ff", 0.0),
+        ("ff_on", 0.0),
+        ("ff_rebase", 0.0),
+        ("lvl_num", 0.0),
+        ("lvl_den", 0.0),
+        ("w_last", np.nan),
+        *ControlLaw.STATE,
+    )
 
     def __init__(self, params: ControlParams | None = None, capacity: int = 1024) -> None:
         super().__init__(params, capacity)
@@ -215,17 +226,22 @@ class Controller(ControlLaw):
         rate = self.rate[sl] + (1.0 - np.exp(-dt / p.rate_tau)) * (spend / dt - self.rate[sl])
         won = x.wins > 0
         tick_price = spend / np.maximum(x.wins, 1.0)
-        price = np.where(won & (self.price[sl] > 0), self.price[sl] + p.price_alpha * (tick_price - self.price[sl]),
-                         np.where(won, tick_price, self.price[sl]))
+        price = np.where(
+            won & (self.price[sl] > 0),
+            self.price[sl] + p.price_alpha * (tick_price - self.price[sl]),
+            np.where(won, tick_price, self.price[sl]),
+        )
         committed = x.spent + x.holdback + np.minimum(rate * inflight_s, x.reserved)
 
         horizon = self.horizon(x.start, x.end)
         f_now = progress(x.mode, np.full(n, now), x.start, x.end, x.weight_now, x.weight_start, x.weight_end)
-        f_ahead = progress(x.mode, np.minimum(now + horizon, x.end), x.start, x.end,
-                           x.weight_ahead, x.weight_start, x.weight_end)
+        f_ahead = progress(
+            x.mode, np.minimum(now + horizon, x.end), x.start, x.end, x.weight_ahead, x.weight_start, x.weight_end
+        )
         # The horizon's planned spend, as if the curve went on at its current pace past the end of the period.
-        planned = x.budget * np.maximum(f_ahead - f_now, 0.0) * horizon / np.maximum(
-            np.minimum(horizon, x.end - now), dt)
+        planned = (
+            x.budget * np.maximum(f_ahead - f_now, 0.0) * horizon / np.maximum(np.minimum(horizon, x.end - now), dt)
+        )
         unit = np.maximum(np.maximum(planned, p.error_wins * price), 1e-3 * x.budget + 1e-9)
         error = (committed - x.budget * f_now) / unit
         # The integral learns the steady multiplier only while the gap is not closing within two horizons at the

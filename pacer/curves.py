@@ -57,8 +57,9 @@ class TrafficCurve:
         return cls([1.0] * SLOTS, [1.0] * 7, "flat")
 
 
-def _weight(cum: F64, by_slot: F64, week_cum: F64, weekday: F64, local: F64,
-            rows: npt.NDArray[np.int64] | None = None) -> F64:
+def _weight(
+    cum: F64, by_slot: F64, week_cum: F64, weekday: F64, local: F64, rows: npt.NDArray[np.int64] | None = None
+) -> F64:
     """The weight of one curve (1-D arrays), or of row `rows[i]` of a CurveTable (2-D arrays) for local[i]."""
     day = np.floor(local / DAY)
     frac = (local - day * DAY) / DAY * SLOTS

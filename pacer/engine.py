@@ -118,8 +118,9 @@ class Bidder:
         "wins",
     )
 
-    def __init__(self, bidder_id: str, config: BidderConfig, window: Window, slot: int, spent: int,
-                 leased: bool = False) -> None:
+    def __init__(
+        self, bidder_id: str, config: BidderConfig, window: Window, slot: int, spent: int, leased: bool = False
+    ) -> None:
         self.bidder_id = bidder_id
         self.slot = slot
         # Leased (fleet): nothing may be committed until the first sync grants a lease.
@@ -415,9 +416,20 @@ class Engine:
             active[s] = b.state(now) == "active"
             mode[s] = b.mode
             rows[s] = (
-                ledger.budget, ledger.spent, ledger.reserved, ledger.holdback, b.window.start, b.window.end,
-                offset, b.weights[0], b.weights[1], b.settled_spent,
-                b.unmatched_spent, b.wins, b.seen, b.curve_row,
+                ledger.budget,
+                ledger.spent,
+                ledger.reserved,
+                ledger.holdback,
+                b.window.start,
+                b.window.end,
+                offset,
+                b.weights[0],
+                b.weights[1],
+                b.settled_spent,
+                b.unmatched_spent,
+                b.wins,
+                b.seen,
+                b.curve_row,
             )
             b.settled_spent = b.unmatched_spent = b.wins = b.seen = 0
         yield
@@ -427,10 +439,22 @@ class Engine:
         ahead = np.minimum(now + self.controller.horizon(start, end), end)
         curve_rows = cols[13].astype(np.int64)
         inputs = TickInputs(
-            active=active, mode=mode, budget=budget, spent=spent, reserved=reserved, holdback=holdback,
-            start=start, end=end, weight_now=self.curves.weight(curve_rows, now + offset_s),
-            weight_ahead=self.curves.weight(curve_rows, ahead + offset_s), weight_start=w_start, weight_end=w_end,
-            settled_spent=cols[9], unmatched_spent=cols[10], wins=cols[11], seen=cols[12],
+            active=active,
+            mode=mode,
+            budget=budget,
+            spent=spent,
+            reserved=reserved,
+            holdback=holdback,
+            start=start,
+            end=end,
+            weight_now=self.curves.weight(curve_rows, now + offset_s),
+            weight_ahead=self.curves.weight(curve_rows, ahead + offset_s),
+            weight_start=w_start,
+            weight_end=w_end,
+            settled_spent=cols[9],
+            unmatched_spent=cols[10],
+            wins=cols[11],
+            seen=cols[12],
         )
         self.controller.update(now, dt, inputs, self.delays.mean)
         yield
@@ -467,8 +491,15 @@ class Engine:
         local = times + np.array([utc_offset(tz, t) for t in times.tolist()])
         full = np.ones_like(times)
         weight = self.curves.weight(np.full(times.shape, bidder.curve_row), local)
-        return progress(np.full(times.shape, bidder.mode, dtype=np.int8), times, full * w.start, full * w.end,
-                        weight, full * start_w, full * end_w)
+        return progress(
+            np.full(times.shape, bidder.mode, dtype=np.int8),
+            times,
+            full * w.start,
+            full * w.end,
+            weight,
+            full * start_w,
+            full * end_w,
+        )
 
     # --- status ----------------------------------------------------------------------------------------------
 
@@ -503,7 +534,13 @@ class Engine:
         out: dict[str, object] = {"source": "prior", "version": 0}
         if model is not None:
             doc = model.doc
-            out = {"source": "fitted", "version": model.version, "fitted_at": doc["fitted_at"], "rows": doc["rows"],
-                   "landscape": doc.get("landscape") is not None, "fit_error": doc.get("fit_error")}
+            out = {
+                "source": "fitted",
+                "version": model.version,
+                "fitted_at": doc["fitted_at"],
+                "rows": doc["rows"],
+                "landscape": doc.get("landscape") is not None,
+                "fit_error": doc.get("fit_error"),
+            }
         out["last_fit"] = self.fits.get(bidder_id)
         return out

@@ -33,8 +33,9 @@ class FittedModel:
         if doc is None:
             return None
         validate(doc)
-        curve = TrafficCurve(doc["traffic_by_slot"], doc["weekday_factor"],  # type: ignore[arg-type]
-                             f"{record.bidder_id} v{record.version}")
+        by_slot, weekday = doc["traffic_by_slot"], doc["weekday_factor"]
+        assert isinstance(by_slot, list) and isinstance(weekday, list)  # validate() checked both
+        curve = TrafficCurve(by_slot, weekday, f"{record.bidder_id} v{record.version}")
         data = doc["data"]
         assert isinstance(data, dict)
         days = float(data["days"])

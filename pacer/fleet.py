@@ -35,8 +35,9 @@ INFLIGHT_SHARE = 0.05  # grants allowed while a sync is in flight: 5% of the hor
 class Fleet:
     """Leases, fleet spend and configuration changes for every bidder of one instance."""
 
-    def __init__(self, engine: Engine, store: RedisStore, versions: dict[str, int], sync_s: float,
-                 lease_ttl_s: float) -> None:
+    def __init__(
+        self, engine: Engine, store: RedisStore, versions: dict[str, int], sync_s: float, lease_ttl_s: float
+    ) -> None:
         self.engine = engine
         self.store = store
         self.versions = versions  # shared with Service: the config version this instance runs, per bidder
@@ -101,8 +102,10 @@ class Fleet:
             self.revoked = True
             for b in self.engine.bidders.values():
                 b.ledger.limit = b.ledger.spent
-            log.warning("no sync with the fleet store for %.1f s: leases lapsed, granting nothing until it is back",
-                        self.lease_ttl_s)
+            log.warning(
+                "no sync with the fleet store for %.1f s: leases lapsed, granting nothing until it is back",
+                self.lease_ttl_s,
+            )
 
     async def sync(self, final: bool = False) -> None:
         """One sync: raises StoreError if Redis did not answer (the wins stay queued for the next one). The final
@@ -125,8 +128,9 @@ class Fleet:
             for lo in range(0, len(bidders), SYNC_CHUNK):
                 if lo:
                     await asyncio.sleep(0)  # bids go on between chunks (a chunk's limits are already lowered)
-                requests += [self._request(b, by_bidder.pop(b.bidder_id, []), dt, final)
-                             for b in bidders[lo: lo + SYNC_CHUNK]]
+                requests += [
+                    self._request(b, by_bidder.pop(b.bidder_id, []), dt, final) for b in bidders[lo : lo + SYNC_CHUNK]
+                ]
             # Wins for bidders this instance does not run (deleted, or not discovered yet) still count in Redis.
             requests += [LeaseRequest(bidder_id, -1, ws[0].period_key, 0, 0, ws) for bidder_id, ws in by_bidder.items()]
             replies, seq = await self.store.sync(requests, int(self.lease_ttl_s * 1000))
@@ -145,12 +149,16 @@ class Fleet:
             if lo:
                 await asyncio.sleep(0)  # bids go on between chunks; wins journaled meanwhile are in `since`
             since = self._unsynced_spend()
-            for request, reply in zip(requests[lo: lo + SYNC_CHUNK], replies[lo: lo + SYNC_CHUNK], strict=True):
+            for request, reply in zip(requests[lo : lo + SYNC_CHUNK], replies[lo : lo + SYNC_CHUNK], strict=True):
                 if reply.status == "lost" and request.known_version >= 0:
                     unshipped += request.wins  # kept until an operator restores the bidder
                 elif reply.status == "lost" and request.wins:
-                    log.warning("dropped %d wins for bidder %r: no such bidder in the fleet store, here or in Redis",
-                                len(request.wins), request.bidder_id, extra={"bidder": request.bidder_id})
+                    log.warning(
+                        "dropped %d wins for bidder %r: no such bidder in the fleet store, here or in Redis",
+                        len(request.wins),
+                        request.bidder_id,
+                        extra={"bidder": request.bidder_id},
+                    )
                 else:
                     self.duplicates += len(reply.duplicates)
                 running = self.engine.bidders.get(request.bidder_id)
@@ -197,8 +205,16 @@ class Fleet:
             floor += min(headroom, int((want - ledger.reserved) * INFLIGHT_SHARE))
             self._limits[bidder.bidder_id] = ledger.limit
             ledger.limit = min(ledger.limit, ledger.spent + floor)
-        return LeaseRequest(bidder.bidder_id, self.versions.get(bidder.bidder_id, 0), key, want, hold_ms, wins,
-                            floor_micros=floor, check=ledger.elsewhere())
+        return LeaseRequest(
+            bidder.bidder_id,
+            self.versions.get(bidder.bidder_id, 0),
+            key,
+            want,
+            hold_ms,
+            wins,
+            floor_micros=floor,
+            check=ledger.elsewhere(),
+        )
 
     def _counted(self, counted: list[Counted]) -> None:
         """Redis counted these wins, and the caller charges them to the ledgers right after this returns. A sync's
@@ -227,8 +243,14 @@ class Fleet:
         bidder_id = bidder.bidder_id
         if reply.status == "deleted":
             self.engine.remove(bidder_id)
-            for state in (self.versions, self._rate, self._incarnation, self._known_spent, self._recent,
-                          self._spend_seen):
+            for state in (
+                self.versions,
+                self._rate,
+                self._incarnation,
+                self._known_spent,
+                self._recent,
+                self._spend_seen,
+            ):
                 state.pop(bidder_id, None)
             return
         known_inc = self._incarnation.get(bidder_id)
@@ -236,14 +258,22 @@ class Fleet:
         period, known = self._known_spent.get(bidder_id, (request.period_key, 0))
         went_back = not restored and period == request.period_key and reply.spent_micros < known
         if reply.status == "lost" or went_back:
-            self._lose(bidder, "no state in Redis" if reply.status == "lost" else
-                       f"spend went back from {known} to {reply.spent_micros}")
+            self._lose(
+                bidder,
+                "no state in Redis"
+                if reply.status == "lost"
+                else f"spend went back from {known} to {reply.spent_micros}",
+            )
             return
         self._incarnation[bidder_id] = reply.incarnation
         if bidder.lost or restored:
             bidder.lost = False
-            log.warning("bidder %s: state restored in Redis (spent %d): granting again", bidder_id, reply.spent_micros,
-                        extra={"bidder": bidder_id})
+            log.warning(
+                "bidder %s: state restored in Redis (spent %d): granting again",
+                bidder_id,
+                reply.spent_micros,
+                extra={"bidder": bidder_id},
+            )
         if reply.config is not None and reply.version != self.versions.get(bidder_id):
             bidder = self.engine.configure(bidder_id, config_from_json(reply.config), reply.spent_micros)
             self.versions[bidder_id] = reply.version
@@ -252,8 +282,9 @@ class Fleet:
         self._known_spent[bidder_id] = (request.period_key, reply.spent_micros)
         ledger = bidder.ledger
         if bidder.window.key == request.period_key:
-            recent = [r for r in self._recent.pop(bidder_id, [])
-                      if r[0] > reply.spend_version and r[1] == request.period_key]
+            recent = [
+                r for r in self._recent.pop(bidder_id, []) if r[0] > reply.spend_version and r[1] == request.period_key
+            ]
             if recent:
                 self._recent[bidder_id] = recent
             self._spend_seen[bidder_id] = reply.spend_version
@@ -264,9 +295,14 @@ class Fleet:
 
     def _lose(self, bidder: Bidder, why: str) -> None:
         if not bidder.lost:
-            log.error("bidder %s: the fleet store lost its spend (%s): granting nothing until an operator restores "
-                      "it (POST /v1/bidders/%s/restore)", bidder.bidder_id, why, bidder.bidder_id,
-                      extra={"bidder": bidder.bidder_id})
+            log.error(
+                "bidder %s: the fleet store lost its spend (%s): granting nothing until an operator restores "
+                "it (POST /v1/bidders/%s/restore)",
+                bidder.bidder_id,
+                why,
+                bidder.bidder_id,
+                extra={"bidder": bidder.bidder_id},
+            )
         bidder.lost = True
         bidder.ledger.limit = 0
 

@@ -57,8 +57,12 @@ def log_config(fmt: str, level: str) -> dict[str, Any]:
         raise ValueError(f"PACER_LOG_FORMAT must be one of {', '.join(FORMATS)}, got {fmt!r}")
     text = "%(asctime)s %(levelname)s %(name)s%(loop_part)s: %(message)s"
     formatter: dict[str, Any] = {"()": JsonFormatter} if fmt == "json" else {"()": TextFormatter, "fmt": text}
-    handler = {"class": "logging.StreamHandler", "formatter": "pacer", "filters": ["context"],
-               "stream": "ext://sys.stderr"}
+    handler = {
+        "class": "logging.StreamHandler",
+        "formatter": "pacer",
+        "filters": ["context"],
+        "stream": "ext://sys.stderr",
+    }
     level = level.upper()
     return {
         "version": 1,

@@ -93,8 +93,11 @@ class PacerCollector(Collector):
         for state in ("scheduled", "active", "paused", "exhausted", "ended", "store_lost"):
             states.add_metric([state], counts.get(state, 0))
         yield states
-        yield GaugeMetricFamily("pacer_store_lost_bidders", "Bidders whose spend the fleet store lost (not granting)",
-                                value=counts.get("store_lost", 0))
+        yield GaugeMetricFamily(
+            "pacer_store_lost_bidders",
+            "Bidders whose spend the fleet store lost (not granting)",
+            value=counts.get("store_lost", 0),
+        )
         if service.fleet is not None:
             yield from _fleet_metrics(service.fleet)
         if service.log is not None:
@@ -103,12 +106,17 @@ class PacerCollector(Collector):
         for result, n in service.refits.items():
             refits.add_metric([result], n)
         yield refits
-        yield GaugeMetricFamily("pacer_fitted_bidders", "Bidders pacing by a fitted model",
-                                value=sum(1 for b in e.bidders.values() if b.model is not None))
-        yield CounterMetricFamily("pacer_models_refused", "Published models refused here (failed validation)",
-                                  value=service.model_errors)
-        background = CounterMetricFamily("pacer_background_errors", "Exceptions a background loop survived",
-                                         labels=["loop"])
+        yield GaugeMetricFamily(
+            "pacer_fitted_bidders",
+            "Bidders pacing by a fitted model",
+            value=sum(1 for b in e.bidders.values() if b.model is not None),
+        )
+        yield CounterMetricFamily(
+            "pacer_models_refused", "Published models refused here (failed validation)", value=service.model_errors
+        )
+        background = CounterMetricFamily(
+            "pacer_background_errors", "Exceptions a background loop survived", labels=["loop"]
+        )
         for loop in ("tick", "sync", "lag", "relay", "log", "refit"):
             background.add_metric([loop], service.background_errors.get(loop, 0))
         yield background
@@ -126,10 +134,16 @@ class PacerCollector(Collector):
         yield latency
         for name, helptext, hist in (
             ("pacer_tick_seconds", "Wall time of one pacing tick, yields to bids included", service.tick_seconds),
-            ("pacer_sync_seconds", "Wall time of one sync with the store (fleet sync or snapshot)",
-             service.sync_seconds),
-            ("pacer_event_loop_lag_seconds", "How late the event loop ran a 100 ms timer (a stall of the bid path)",
-             service.loop_lag),
+            (
+                "pacer_sync_seconds",
+                "Wall time of one sync with the store (fleet sync or snapshot)",
+                service.sync_seconds,
+            ),
+            (
+                "pacer_event_loop_lag_seconds",
+                "How late the event loop ran a 100 ms timer (a stall of the bid path)",
+                service.loop_lag,
+            ),
         ):
             family = HistogramMetricFamily(name, helptext)
             family.add_metric([], hist.cumulative(), hist.total)
@@ -143,8 +157,9 @@ def _log_metrics(log: AuctionLogWriter) -> Iterator[Metric]:
     yield rows
     yield CounterMetricFamily("pacer_log_write_failures", "Auction log writes that failed", value=log.failures)
     yield GaugeMetricFamily("pacer_log_pending_rows", "Auction log rows waiting in memory", value=log.pending)
-    yield GaugeMetricFamily("pacer_log_ok", "1 while the auction log sink works, 0 after a failed write",
-                            value=int(log.ok))
+    yield GaugeMetricFamily(
+        "pacer_log_ok", "1 while the auction log sink works, 0 after a failed write", value=int(log.ok)
+    )
 
 
 def _fleet_metrics(f: Fleet) -> Iterator[Metric]:
@@ -156,11 +171,18 @@ def _fleet_metrics(f: Fleet) -> Iterator[Metric]:
         ("pacer_fleet_sync_seconds", "Duration of the last successful sync", f.last_sync_s),
         ("pacer_fleet_sync_age_seconds", "Time since the last successful sync", f.age_s),
         ("pacer_fleet_leases_valid", "1 while this instance's leases are valid, 0 once lapsed", int(not f.revoked)),
-        ("pacer_fleet_leased_micros", "Micros leased to the whole fleet, summed over this instance's bidders",
-         f.fleet_leased),
-        ("pacer_journal_pending_wins", "Wins journaled here that the fleet store has not counted yet",
-         len(f.store.pending())),
+        (
+            "pacer_fleet_leased_micros",
+            "Micros leased to the whole fleet, summed over this instance's bidders",
+            f.fleet_leased,
+        ),
+        (
+            "pacer_journal_pending_wins",
+            "Wins journaled here that the fleet store has not counted yet",
+            len(f.store.pending()),
+        ),
     ):
         yield GaugeMetricFamily(name, helptext, value=value)
-    yield CounterMetricFamily("pacer_fleet_duplicate_wins", "Wins another instance had already counted",
-                              value=f.duplicates)
+    yield CounterMetricFamily(
+        "pacer_fleet_duplicate_wins", "Wins another instance had already counted", value=f.duplicates
+    )

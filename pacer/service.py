@@ -126,9 +126,18 @@ async def load_bidders(engine: Engine, store: Store, records: list[BidderRecord]
 
 
 class Service:
-    def __init__(self, engine: Engine, store: Store, tick_s: float, sync_s: float, dedupe_s: float,
-                 log: AuctionLogWriter | None = None, log_flush: tuple[float, int] = (10.0, 200_000),
-                 refit: RefitSettings | None = None, instance: str | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        store: Store,
+        tick_s: float,
+        sync_s: float,
+        dedupe_s: float,
+        log: AuctionLogWriter | None = None,
+        log_flush: tuple[float, int] = (10.0, 200_000),
+        refit: RefitSettings | None = None,
+        instance: str | None = None,
+    ) -> None:
         self.engine = engine
         self.store = store
         self.instance = instance or instance_id()
@@ -183,8 +192,11 @@ class Service:
         log.info("loaded %d bidders, %d fitted models", len(records), sum(1 for m in self.engine.models.values() if m))
         self._freeze_long_lived(force=True)
         self.ticked_at = self.synced_at = time.monotonic()
-        loops: dict[str, Callable[[], Awaitable[None]]] = {"tick": self._tick_loop, "sync": self._sync_loop,
-                                                           "lag": self._lag_probe}
+        loops: dict[str, Callable[[], Awaitable[None]]] = {
+            "tick": self._tick_loop,
+            "sync": self._sync_loop,
+            "lag": self._lag_probe,
+        }
         if self.fleet is not None:
             loops["relay"] = self.fleet.relay
         if self.log is not None:
@@ -225,8 +237,12 @@ class Service:
                 await asyncio.sleep(min(RESTART_S * 5, max(deadline - time.monotonic(), 0)))
         lost = self.log.abandon()
         if lost:
-            log.error("auction log: %d rows could not be written to %s at shutdown (%s); they are lost",
-                      lost, self.log.url, self.log.last_error or f"no answer within {LOG_STOP_S:.0f} s")
+            log.error(
+                "auction log: %d rows could not be written to %s at shutdown (%s); they are lost",
+                lost,
+                self.log.url,
+                self.log.last_error or f"no answer within {LOG_STOP_S:.0f} s",
+            )
 
     # --- background loops -----------------------------------------------------------------------------------
 
@@ -246,8 +262,9 @@ class Service:
                 now = time.monotonic()
                 if now - self._error_logged.get(name, -math.inf) >= ERROR_LOG_EVERY_S:
                     self._error_logged[name] = now
-                    log.exception("background loop %r failed (%d so far); it goes on", name,
-                                  self.background_errors[name])
+                    log.exception(
+                        "background loop %r failed (%d so far); it goes on", name, self.background_errors[name]
+                    )
             await asyncio.sleep(RESTART_S)
 
     def stale(self) -> dict[str, str]:
@@ -382,11 +399,27 @@ class Service:
                 zones = Path(tmp) / "timezones.json"
                 zones.write_text(json.dumps({b: x.timezone for b, x in self.engine.bidders.items()}))
                 out = Path(tmp) / "report.json"
-                command = [sys.executable, "-m", "pacer.cli", "refit", "--logs", refit.logs_url, "--since",
-                           refit.since, "--engine", refit.engine, "--timezones", str(zones), "--report", str(out),
-                           "--no-publish", *(["--spark-master", refit.spark_master] if refit.spark_master else [])]
-                proc = await asyncio.create_subprocess_exec(*command, stdout=asyncio.subprocess.DEVNULL,
-                                                            stderr=asyncio.subprocess.PIPE)
+                command = [
+                    sys.executable,
+                    "-m",
+                    "pacer.cli",
+                    "refit",
+                    "--logs",
+                    refit.logs_url,
+                    "--since",
+                    refit.since,
+                    "--engine",
+                    refit.engine,
+                    "--timezones",
+                    str(zones),
+                    "--report",
+                    str(out),
+                    "--no-publish",
+                    *(["--spark-master", refit.spark_master] if refit.spark_master else []),
+                ]
+                proc = await asyncio.create_subprocess_exec(
+                    *command, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
+                )
                 background_priority(proc.pid)  # its threads (DuckDB's) inherit it
                 try:
                     _, err = await asyncio.wait_for(proc.communicate(), refit.timeout_s)
@@ -403,8 +436,12 @@ class Service:
             rejected = [r for r in rows if r["model"] is None]
             log.info("refit: %d bidders fitted, %d rejected", len(rows) - len(rejected), len(rejected))
             for r in rejected[:REJECTIONS_LOGGED]:  # every reason is in the bidder's status (model.last_fit)
-                log.info("refit: bidder %r keeps its model: %s", r["bidder_id"], r["fit"]["reason"],
-                         extra={"bidder": r["bidder_id"]})
+                log.info(
+                    "refit: bidder %r keeps its model: %s",
+                    r["bidder_id"],
+                    r["fit"]["reason"],
+                    extra={"bidder": r["bidder_id"]},
+                )
             await self.load_models()
             return "ok"
         finally:
@@ -441,8 +478,9 @@ class Service:
         if current is None or (expect != ANY_VERSION and expect != current):
             raise VersionMismatch(current)
 
-    async def update(self, bidder_id: str, change: Callable[[BidderConfig | None], BidderConfig],
-                     expect: int | None = None) -> bool:
+    async def update(
+        self, bidder_id: str, change: Callable[[BidderConfig | None], BidderConfig], expect: int | None = None
+    ) -> bool:
         """Write `change(current config or None)` as the bidder's config; True if that created it. `change` raises
         BidderNotFound where the bidder must exist; `expect` is the version the client saw (If-Match; ANY_VERSION
         for `*`), else VersionMismatch. Durable before it takes effect."""
@@ -511,4 +549,3 @@ class Service:
         except StoreError:
             self.store_errors[op] += 1
             raise
-

@@ -30,16 +30,18 @@ StoreFactory = Callable[[], Awaitable[Store]]
 NOW = time.time()
 
 
-def win(
-    auction_id: str, price: int, bidder_id: str = "b1", period: str = "2025-01-01", ts: float = NOW
-) -> WinRecord:
+def win(auction_id: str, price: int, bidder_id: str = "b1", period: str = "2025-01-01", ts: float = NOW) -> WinRecord:
     return WinRecord(bidder_id, auction_id, price, period, ts)
 
 
 def bidder(bidder_id: str, version: int = 1, **config: object) -> BidderRecord:
     """A bidder's config as the operator API writes it; `version` 1 creates it, n + 1 replaces version n."""
-    body: dict[str, object] = {"budget_micros": 5_000_000, "period": {"type": "daily", "timezone": "UTC"},
-                               "paused": False, **config}
+    body: dict[str, object] = {
+        "budget_micros": 5_000_000,
+        "period": {"type": "daily", "timezone": "UTC"},
+        "paused": False,
+        **config,
+    }
     return BidderRecord(bidder_id, body, version, 1700000000.5)
 
 
@@ -54,7 +56,9 @@ async def check_models(a: Store, b: Store) -> None:
     seq1 = await a.publish_fits([("b1", model, {"ok": True}), ("b2", None, {"ok": False, "reason": "too little"})])
     first = await b.load_models(0)
     assert [(r.bidder_id, r.version, r.model, r.fit, r.seq) for r in first] == [
-        ("b1", 1, model, {"ok": True}, seq1), ("b2", 0, None, {"ok": False, "reason": "too little"}, seq1)]
+        ("b1", 1, model, {"ok": True}, seq1),
+        ("b2", 0, None, {"ok": False, "reason": "too little"}, seq1),
+    ]
     assert await b.load_models(seq1) == []
     seq2 = await a.publish_fits([("b1", None, {"ok": False, "reason": "NaN"})])
     assert seq2 > seq1
@@ -161,6 +165,7 @@ class StoreContract:
 
     async def test_concurrent_overlapping_wins_counted_once(self, store: Store) -> None:
         await configured(store)
+
         def price(n: int) -> int:
             return 1_000 + n * 37
 

@@ -37,9 +37,9 @@ class Decision(msgspec.Struct, omit_defaults=True):
     auction_id: str
     bid: bool
     bid_micros: int | None = None
-    reason: Literal[
-        "paced", "exhausted", "paused", "not_active", "unknown_bidder", "no_budget", "budget_unknown"
-    ] | None = None
+    reason: (
+        Literal["paced", "exhausted", "paused", "not_active", "unknown_bidder", "no_budget", "budget_unknown"] | None
+    ) = None
 
 
 class Decisions(msgspec.Struct):
@@ -85,8 +85,10 @@ def _integral(value: Any, kind: msgspec.inspect.Type) -> Any:
             if isinstance(option, msgspec.inspect.StructType) and value.get(option.tag_field) == option.tag:
                 return _integral(value, option)
     if isinstance(kind, msgspec.inspect.StructType) and type(value) is dict:
-        return {**value, **{f.encode_name: _integral(value[f.encode_name], f.type) for f in kind.fields
-                            if f.encode_name in value}}
+        return {
+            **value,
+            **{f.encode_name: _integral(value[f.encode_name], f.type) for f in kind.fields if f.encode_name in value},
+        }
     return value
 
 

@@ -30,21 +30,46 @@ from typing import Any
 
 import msgspec
 
-CODES = ("invalid_json", "validation_error", "unauthorized", "not_found", "method_not_allowed", "header_timeout",
-         "store_lost", "not_shared", "not_lost", "precondition_failed", "payload_too_large", "unsupported_media_type",
-         "header_too_large", "store_unavailable", "too_many_connections", "http_error")
+CODES = (
+    "invalid_json",
+    "validation_error",
+    "unauthorized",
+    "not_found",
+    "method_not_allowed",
+    "header_timeout",
+    "store_lost",
+    "not_shared",
+    "not_lost",
+    "precondition_failed",
+    "payload_too_large",
+    "unsupported_media_type",
+    "header_too_large",
+    "store_unavailable",
+    "too_many_connections",
+    "http_error",
+)
 ERROR: dict[str, Any] = {
-    "title": "Error", "type": "object", "required": ["error"], "additionalProperties": False,
+    "title": "Error",
+    "type": "object",
+    "required": ["error"],
+    "additionalProperties": False,
     "description": "Every 4xx/5xx body. `code` is stable (branch on it); `message` is for people.",
-    "properties": {"error": {
-        "type": "object", "required": ["code", "message", "field"], "additionalProperties": False,
-        "properties": {
-            "code": {"type": "string", "enum": list(CODES)},
-            "message": {"type": "string", "minLength": 1},
-            "field": {"type": ["string", "null"], "description": "the offending field as a JSON path "
-                      "(`requests[3].bid_micros`, `period.end`), a header (`If-Match`), or null"},
-        },
-    }},
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["code", "message", "field"],
+            "additionalProperties": False,
+            "properties": {
+                "code": {"type": "string", "enum": list(CODES)},
+                "message": {"type": "string", "minLength": 1},
+                "field": {
+                    "type": ["string", "null"],
+                    "description": "the offending field as a JSON path "
+                    "(`requests[3].bid_micros`, `period.end`), a header (`If-Match`), or null",
+                },
+            },
+        }
+    },
 }
 ERROR_REF = {"$ref": "#/components/schemas/Error"}
 _STATUS = {
@@ -53,7 +78,7 @@ _STATUS = {
     404: "`not_found`: no such bidder",
     409: "`store_lost`: the fleet store lost this bidder's state; nothing changed (POST .../restore)",
     412: "`precondition_failed`: If-Match names another version; nothing changed (the ETag header holds the "
-         "current one)",
+    "current one)",
     413: "`payload_too_large`: body above PACER_MAX_BODY_BYTES",
     415: "`unsupported_media_type`: the body was not sent with Content-Type: application/json",
     422: "`validation_error`: a field is missing, of the wrong type, out of range or unknown; `error.field` names it",

@@ -63,18 +63,21 @@ def _not_null(schema: dict[str, Any]) -> None:
 class FlightIn(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     type: Literal["flight"]
-    start: str = Field(description="RFC 3339 with offset, e.g. 2026-11-24T00:00:00Z; years 2000..2200",
-                       json_schema_extra=INSTANT)
+    start: str = Field(
+        description="RFC 3339 with offset, e.g. 2026-11-24T00:00:00Z; years 2000..2200", json_schema_extra=INSTANT
+    )
     end: str = Field(description="RFC 3339 with offset; after start", json_schema_extra=INSTANT)
-    timezone: str = Field("UTC", description="IANA zone whose local day shapes `traffic` pacing",
-                          json_schema_extra=_iana_zone)
+    timezone: str = Field(
+        "UTC", description="IANA zone whose local day shapes `traffic` pacing", json_schema_extra=_iana_zone
+    )
 
 
 class DailyIn(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     type: Literal["daily"]
-    timezone: str = Field(description="IANA zone; the budget renews at each local midnight (DST-correct)",
-                          json_schema_extra=_iana_zone)
+    timezone: str = Field(
+        description="IANA zone; the budget renews at each local midnight (DST-correct)", json_schema_extra=_iana_zone
+    )
 
 
 PeriodIn = Annotated[FlightIn | DailyIn, Field(discriminator="type")]
@@ -102,35 +105,42 @@ class BidderPatch(BaseModel):
 class RestoreIn(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     spent_micros: Annotated[int, Whole] = Field(
-        ge=0, le=MAX_BUDGET,
+        ge=0,
+        le=MAX_BUDGET,
         description="spend of the current period already settled, e.g. the exchange's figure, or the spent_micros "
-        "status showed before the loss. Wins still waiting in instances' journals are added when they sync.")
+        "status showed before the loss. Wins still waiting in instances' journals are added when they sync.",
+    )
 
 
 class ModelStatus(BaseModel):
-    source: Literal["prior", "fitted"] = Field(description="the traffic curve paced by: the shipped prior until "
-                                               "a refit publishes one for this bidder")
+    source: Literal["prior", "fitted"] = Field(
+        description="the traffic curve paced by: the shipped prior until a refit publishes one for this bidder"
+    )
     version: int = Field(description="version of the fitted model in use (0: none)")
     fitted_at: str | None = Field(None, json_schema_extra=DATE_TIME)
     rows: int | None = Field(None, description="auction-log rows the model was fitted on")
     landscape: bool = Field(False, description="the model has a bid landscape (feed-forward bid multiplier)")
     fit_error: dict[str, float | None] | None = None
-    last_fit: dict[str, object] | None = Field(None, description="the last refit attempt; a rejected one says "
-                                               "why in `reason` and leaves the model in use unchanged")
+    last_fit: dict[str, object] | None = Field(
+        None,
+        description="the last refit attempt; a rejected one says why in `reason` and leaves the model in use unchanged",
+    )
 
 
 class BidderStatus(BaseModel):
     bidder_id: str
     state: Literal["scheduled", "active", "paused", "exhausted", "ended", "store_lost"] = Field(
         description="store_lost: the fleet store lost this bidder's spend; nothing is granted until "
-        "POST /v1/bidders/{id}/restore")
+        "POST /v1/bidders/{id}/restore"
+    )
     budget_micros: int
     spent_micros: int
     reserved_micros: int
     remaining_micros: int
     target_spent_micros: int = Field(description="where the pacing curve says spend should be now")
-    period: dict[str, str] = Field(description="as set: {type: flight, start, end, timezone} or {type: daily, "
-                                   "timezone}")
+    period: dict[str, str] = Field(
+        description="as set: {type: flight, start, end, timezone} or {type: daily, timezone}"
+    )
     period_start: str = Field(json_schema_extra=DATE_TIME)
     period_end: str = Field(json_schema_extra=DATE_TIME)
     pacing: Pacing
@@ -154,7 +164,8 @@ class CurveOut(BaseModel):
     period_end: str = Field(json_schema_extra=DATE_TIME)
     target: dict[str, list[float] | list[str]] = Field(
         description="`t` (RFC 3339, at most 289 points over the current period) and `spent_share`: the share of "
-        "the budget the pacing curve plans spent by each t")
+        "the budget the pacing curve plans spent by each t"
+    )
     traffic_source: Literal["prior", "fitted"]
     traffic_by_slot: list[float] = Field(description="288 shares of a local day's auctions, slot 0 = 00:00-00:05")
     weekday_factor: list[float] = Field(description="Monday first, mean 1")
@@ -220,17 +231,31 @@ def _if_match(request: Request) -> int | None:
 
 
 # In the API document: the ETag answers carry and the If-Match a change may send (read by _if_match).
-_ETAG = {"ETag": {"description": 'the configuration version, e.g. "3": send it back in If-Match to change only '
-                  "that version", "schema": {"type": "string", "pattern": '^"[0-9]+"$'}}}
-_IF_MATCH = {"parameters": [{
-    "name": "If-Match", "in": "header", "required": False,
-    "schema": {"type": "string", "pattern": '^(\\*|(W/)?"[0-9]{1,18}")$'},
-    "description": 'change only this version: an ETag this API sent ("3", or W/"3"), or * for any version of a '
-                   "bidder that exists. Otherwise 412 and nothing changes, for any other value too"}]}
+_ETAG = {
+    "ETag": {
+        "description": 'the configuration version, e.g. "3": send it back in If-Match to change only that version',
+        "schema": {"type": "string", "pattern": '^"[0-9]+"$'},
+    }
+}
+_IF_MATCH = {
+    "parameters": [
+        {
+            "name": "If-Match",
+            "in": "header",
+            "required": False,
+            "schema": {"type": "string", "pattern": '^(\\*|(W/)?"[0-9]{1,18}")$'},
+            "description": 'change only this version: an ETag this API sent ("3", or W/"3"), or * for any version of a '
+            "bidder that exists. Otherwise 412 and nothing changes, for any other value too",
+        }
+    ]
+}
 _OK: dict[int | str, dict[str, Any]] = {200: {"headers": _ETAG}}
 _ID_SLASH = (404, "`not_found`: a bidder id with '/' in it (sent as %2F)")
-_NOT_RESTORABLE = (409, "`not_shared`: the store is not shared (Redis), so it never loses state; `not_lost`: this "
-                        "bidder's state is intact (spend is never reset by hand)")
+_NOT_RESTORABLE = (
+    409,
+    "`not_shared`: the store is not shared (Redis), so it never loses state; `not_lost`: this "
+    "bidder's state is intact (spend is never reset by hand)",
+)
 
 
 def _answer(service: Service, bidder_id: str, response: Response) -> BidderStatus:
@@ -242,29 +267,46 @@ def _answer(service: Service, bidder_id: str, response: Response) -> BidderStatu
     return status
 
 
-@router.put("/{bidder_id}", response_model=BidderStatus, openapi_extra=_IF_MATCH,
-            responses={**_OK, 201: {"model": BidderStatus, "description": "Created", "headers": _ETAG},
-                       **responses(400, 401, _ID_SLASH, 409, 412, 413, 422, 503)})
-async def put_bidder(bidder_id: BidderId, body: BidderIn, service: ServiceDep, request: Request,
-                     response: Response) -> BidderStatus:
+@router.put(
+    "/{bidder_id}",
+    response_model=BidderStatus,
+    openapi_extra=_IF_MATCH,
+    responses={
+        **_OK,
+        201: {"model": BidderStatus, "description": "Created", "headers": _ETAG},
+        **responses(400, 401, _ID_SLASH, 409, 412, 413, 422, 503),
+    },
+)
+async def put_bidder(
+    bidder_id: BidderId, body: BidderIn, service: ServiceDep, request: Request, response: Response
+) -> BidderStatus:
     """Create (201) or replace (200) a bidder. Spend already recorded in the same period is kept; a paused bidder
     stays paused. With `If-Match`, only the version named is replaced (412 otherwise)."""
     period = _period(body.period)
 
     def replace_config(old: BidderConfig | None) -> BidderConfig:
-        return BidderConfig(budget_micros=body.budget_micros, period=period,  # type: ignore[arg-type]
-                            pacing=body.pacing, max_bid_micros=body.max_bid_micros,
-                            paused=old.paused if old is not None else False)
+        return BidderConfig(
+            budget_micros=body.budget_micros,
+            period=period,  # type: ignore[arg-type]
+            pacing=body.pacing,
+            max_bid_micros=body.max_bid_micros,
+            paused=old.paused if old is not None else False,
+        )
 
     created = await service.update(bidder_id, replace_config, _if_match(request))
     response.status_code = 201 if created else 200
     return _answer(service, bidder_id, response)
 
 
-@router.patch("/{bidder_id}", response_model=BidderStatus, openapi_extra=_IF_MATCH,
-              responses={**_OK, **responses(400, 401, 404, 409, 412, 413, 422, 503)})
-async def patch_bidder(bidder_id: BidderId, body: BidderPatch, service: ServiceDep, request: Request,
-                       response: Response) -> BidderStatus:
+@router.patch(
+    "/{bidder_id}",
+    response_model=BidderStatus,
+    openapi_extra=_IF_MATCH,
+    responses={**_OK, **responses(400, 401, 404, 409, 412, 413, 422, 503)},
+)
+async def patch_bidder(
+    bidder_id: BidderId, body: BidderPatch, service: ServiceDep, request: Request, response: Response
+) -> BidderStatus:
     """Change any of the fields; a budget raised or lowered mid-period re-plans the rest of it. The change applies
     to the bidder as it is when it is written (a concurrent pause is kept). With `If-Match`: that version only."""
     given = body.model_fields_set
@@ -274,8 +316,11 @@ async def patch_bidder(bidder_id: BidderId, body: BidderPatch, service: ServiceD
     changes: dict[str, object] = {name: getattr(body, name) for name in given if name != "period"}
     if body.period is not None:
         changes["period"] = _period(body.period)
-    await service.update(bidder_id, lambda old: replace(_existing(old), **changes),  # type: ignore[arg-type]
-                         _if_match(request))
+    await service.update(
+        bidder_id,
+        lambda old: replace(_existing(old), **changes),  # type: ignore[arg-type]
+        _if_match(request),
+    )
     return _answer(service, bidder_id, response)
 
 
@@ -300,11 +345,14 @@ async def get_curve(bidder_id: BidderId, service: ServiceDep) -> CurveOut:
     curve = model.curve if model is not None else engine.curve
     landscape = model.doc.get("landscape") if model is not None else None
     return CurveOut(
-        bidder_id=bidder_id, pacing=bidder.config.pacing,  # type: ignore[arg-type]
-        period_start=rfc3339(w.start), period_end=rfc3339(w.end),
+        bidder_id=bidder_id,
+        pacing=bidder.config.pacing,  # type: ignore[arg-type]
+        period_start=rfc3339(w.start),
+        period_end=rfc3339(w.end),
         target={"t": [rfc3339(float(t)) for t in times], "spent_share": [round(float(x), 6) for x in share]},
         traffic_source="fitted" if model is not None else "prior",
-        traffic_by_slot=curve.by_slot.tolist(), weekday_factor=curve.weekday_factor.tolist(),
+        traffic_by_slot=curve.by_slot.tolist(),
+        weekday_factor=curve.weekday_factor.tolist(),
         landscape=Landscape.model_validate(landscape) if landscape else None,
         model=ModelStatus.model_validate(engine.model_status(bidder_id)),
     )
@@ -314,8 +362,9 @@ async def get_curve(bidder_id: BidderId, service: ServiceDep) -> CurveOut:
 async def list_bidders(
     service: ServiceDep,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    cursor: Annotated[str | None, Query(max_length=400, description="`next` of the page before; any other value "
-                                        "is refused (422)")] = None,
+    cursor: Annotated[
+        str | None, Query(max_length=400, description="`next` of the page before; any other value is refused (422)")
+    ] = None,
 ) -> BidderList:
     """Bidders in id order, a page at a time; pass `next` back as `cursor`."""
     after = ""
@@ -333,31 +382,40 @@ async def list_bidders(
     return BidderList(bidders=[_status(service.engine, i) for i in page], next=token)
 
 
-async def _set_paused(bidder_id: str, paused: bool, service: Service, request: Request,
-                      response: Response) -> BidderStatus:
+async def _set_paused(
+    bidder_id: str, paused: bool, service: Service, request: Request, response: Response
+) -> BidderStatus:
     await service.update(bidder_id, lambda old: replace(_existing(old), paused=paused), _if_match(request))
     return _answer(service, bidder_id, response)
 
 
-@router.post("/{bidder_id}/pause", response_model=BidderStatus, openapi_extra=_IF_MATCH,
-             responses={**_OK, **responses(401, 404, 409, 412, 422, 503)})
-async def pause_bidder(bidder_id: BidderId, service: ServiceDep, request: Request,
-                       response: Response) -> BidderStatus:
+@router.post(
+    "/{bidder_id}/pause",
+    response_model=BidderStatus,
+    openapi_extra=_IF_MATCH,
+    responses={**_OK, **responses(401, 404, 409, 412, 422, 503)},
+)
+async def pause_bidder(bidder_id: BidderId, service: ServiceDep, request: Request, response: Response) -> BidderStatus:
     """Stop granting bids at once; reservations already granted still settle."""
     return await _set_paused(bidder_id, True, service, request, response)
 
 
-@router.post("/{bidder_id}/resume", response_model=BidderStatus, openapi_extra=_IF_MATCH,
-             responses={**_OK, **responses(401, 404, 409, 412, 422, 503)})
-async def resume_bidder(bidder_id: BidderId, service: ServiceDep, request: Request,
-                        response: Response) -> BidderStatus:
+@router.post(
+    "/{bidder_id}/resume",
+    response_model=BidderStatus,
+    openapi_extra=_IF_MATCH,
+    responses={**_OK, **responses(401, 404, 409, 412, 422, 503)},
+)
+async def resume_bidder(bidder_id: BidderId, service: ServiceDep, request: Request, response: Response) -> BidderStatus:
     return await _set_paused(bidder_id, False, service, request, response)
 
 
-@router.post("/{bidder_id}/restore", response_model=BidderStatus,
-             responses={**_OK, **responses(400, 401, 404, _NOT_RESTORABLE, 413, 422, 503)})
-async def restore_bidder(bidder_id: BidderId, body: RestoreIn, service: ServiceDep,
-                         response: Response) -> BidderStatus:
+@router.post(
+    "/{bidder_id}/restore",
+    response_model=BidderStatus,
+    responses={**_OK, **responses(400, 401, 404, _NOT_RESTORABLE, 413, 422, 503)},
+)
+async def restore_bidder(bidder_id: BidderId, body: RestoreIn, service: ServiceDep, response: Response) -> BidderStatus:
     """After the fleet store lost a bidder's state (state `store_lost`): write it back with the spend you state,
     and grant again. Refused for a bidder whose state is intact: spend is never reset by hand."""
     bidder = service.engine.bidders.get(bidder_id)
@@ -371,8 +429,13 @@ async def restore_bidder(bidder_id: BidderId, body: RestoreIn, service: ServiceD
     return _answer(service, bidder_id, response)
 
 
-@router.delete("/{bidder_id}", status_code=204, response_class=Response, openapi_extra=_IF_MATCH,
-               responses=responses(401, 404, 412, 422, 503))
+@router.delete(
+    "/{bidder_id}",
+    status_code=204,
+    response_class=Response,
+    openapi_extra=_IF_MATCH,
+    responses=responses(401, 404, 412, 422, 503),
+)
 async def delete_bidder(bidder_id: BidderId, service: ServiceDep, request: Request) -> Response:
     """Remove the bidder. Its recorded spend stays: re-creating it in the same period continues from it. With
     `If-Match`: that version only."""

@@ -319,8 +319,10 @@ def _on_spark(files: LogFiles, sql: str, master: str | None) -> pa.Table:
         frame.selectExpr(*SCHEMA.names, "unix_millis(ts) AS ts_ms").createOrReplaceTempView("auction_log")
         return spark.sql(sql).toArrow()
     except (PySparkException, Py4JJavaError) as exc:  # e.g. a file whose data (not footer) is damaged
-        raise LogError(f"{files.uris[0].rsplit('/date=', 1)[0]}: reading the auction log on Spark failed: "
-                       f"{str(exc).splitlines()[0]}") from exc
+        raise LogError(
+            f"{files.uris[0].rsplit('/date=', 1)[0]}: reading the auction log on Spark failed: "
+            f"{str(exc).splitlines()[0]}"
+        ) from exc
     finally:
         if running is None:
             spark.stop()

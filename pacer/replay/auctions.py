@@ -42,26 +42,35 @@ class AuctionLog:
 
     @classmethod
     def from_columns(
-        cls, ts: npt.ArrayLike, bidder_id: list[str] | npt.ArrayLike, auction_id: npt.ArrayLike,
-        bid: npt.ArrayLike, market: npt.ArrayLike,
+        cls,
+        ts: npt.ArrayLike,
+        bidder_id: list[str] | npt.ArrayLike,
+        auction_id: npt.ArrayLike,
+        bid: npt.ArrayLike,
+        market: npt.ArrayLike,
     ) -> AuctionLog:
         ts_a = np.asarray(ts, dtype=np.float64)
         names, codes = np.unique(np.asarray(bidder_id, dtype=object).astype(str), return_inverse=True)
         order = np.argsort(ts_a, kind="stable")
         return cls(
-            ts=ts_a[order], bidder=codes.astype(np.int32)[order], bidders=[str(n) for n in names],
+            ts=ts_a[order],
+            bidder=codes.astype(np.int32)[order],
+            bidders=[str(n) for n in names],
             auction_id=np.asarray(auction_id, dtype=object)[order],
-            bid=np.asarray(bid, dtype=np.int64)[order], market=np.asarray(market, dtype=np.int64)[order],
+            bid=np.asarray(bid, dtype=np.int64)[order],
+            market=np.asarray(market, dtype=np.int64)[order],
         )
 
     def to_table(self) -> pa.Table:
-        return pa.table({
-            "ts": pa.array(np.round(self.ts * 1000).astype(np.int64)),  # epoch ms
-            "bidder_id": pa.array(np.asarray(self.bidders, dtype=object)[self.bidder]).dictionary_encode(),
-            "auction_id": pa.array(self.auction_id, type=pa.string()),
-            "bid_micros": pa.array(self.bid),
-            "market_micros": pa.array(self.market),
-        })
+        return pa.table(
+            {
+                "ts": pa.array(np.round(self.ts * 1000).astype(np.int64)),  # epoch ms
+                "bidder_id": pa.array(np.asarray(self.bidders, dtype=object)[self.bidder]).dictionary_encode(),
+                "auction_id": pa.array(self.auction_id, type=pa.string()),
+                "bid_micros": pa.array(self.bid),
+                "market_micros": pa.array(self.market),
+            }
+        )
 
     def write(self, path: Path) -> None:
         """Parquet for a .parquet path, CSV otherwise (ts as epoch ms either way)."""
@@ -79,11 +88,16 @@ def read_log(path: Path) -> AuctionLog:
         if path.suffix == ".parquet":
             table = pq.read_table(path)
         else:
-            table = pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(
-                column_types={"bidder_id": pa.string(), "auction_id": pa.string()}))
+            table = pacsv.read_csv(
+                path,
+                convert_options=pacsv.ConvertOptions(
+                    column_types={"bidder_id": pa.string(), "auction_id": pa.string()}
+                ),
+            )
     except (pa.ArrowInvalid, OSError) as exc:
-        raise LogError(f"{path}: not a readable {'Parquet' if path.suffix == '.parquet' else 'CSV'} file: {exc}") \
-            from exc
+        raise LogError(
+            f"{path}: not a readable {'Parquet' if path.suffix == '.parquet' else 'CSV'} file: {exc}"
+        ) from exc
     missing = [c for c in COLUMNS if c not in table.column_names]
     if missing:
         raise LogError(f"{path}: missing column(s) {', '.join(missing)}; a log needs {', '.join(COLUMNS)}")
@@ -124,8 +138,10 @@ def _micros(path: Path, table: pa.Table, name: str) -> npt.NDArray[np.int64]:
 def _seconds(path: Path, col: pa.ChunkedArray) -> npt.NDArray[np.float64]:
     if pa.types.is_timestamp(col.type):
         if col.type.tz is None:
-            raise LogError(f"{path}: column ts: timestamps without a time zone; write RFC 3339 with an offset "
-                           "(e.g. 2026-11-24T08:00:00Z) or epoch milliseconds")
+            raise LogError(
+                f"{path}: column ts: timestamps without a time zone; write RFC 3339 with an offset "
+                "(e.g. 2026-11-24T08:00:00Z) or epoch milliseconds"
+            )
         us = pc.cast(col, pa.timestamp("us", col.type.tz)).cast(pa.int64())
         micros: npt.NDArray[np.float64] = us.to_numpy().astype(np.float64)
         return micros / 1e6
@@ -143,8 +159,10 @@ def _seconds(path: Path, col: pa.ChunkedArray) -> npt.NDArray[np.float64]:
                 parsed = None
             if parsed is None or parsed.tzinfo is None:
                 row = int(np.flatnonzero(inverse == i)[0]) + 1
-                raise LogError(f"{path}: column ts: {text!r} at row {row} is not RFC 3339 with an offset "
-                               "(e.g. 2026-11-24T08:00:00Z) nor epoch milliseconds")
+                raise LogError(
+                    f"{path}: column ts: {text!r} at row {row} is not RFC 3339 with an offset "
+                    "(e.g. 2026-11-24T08:00:00Z) nor epoch milliseconds"
+                )
             out[i] = parsed.timestamp()
         return out[inverse]
     raise LogError(f"{path}: column ts: RFC 3339 text, epoch milliseconds or a timestamp expected, got {col.type}")

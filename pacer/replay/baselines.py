@@ -70,7 +70,11 @@ class SlottedLaw(ControlLaw):
 
     interval = 60.0  # s; subclasses read it from their parameters
     BOOK: tuple[tuple[str, float], ...] = (
-        ("t_last", np.nan), ("acc", 0.0), ("spent0", 0.0), ("f0", 0.0), ("start0", np.nan),
+        ("t_last", np.nan),
+        ("acc", 0.0),
+        ("spent0", 0.0),
+        ("f0", 0.0),
+        ("start0", np.nan),
     )
 
     def __init__(self, params: ControlParams | None = None, capacity: int = 1024) -> None:
@@ -128,9 +132,19 @@ class SlottedLaw(ControlLaw):
         f_ahead = progress(x.mode, ahead, x.start, x.end, x.weight_ahead, x.weight_start, x.weight_end)
         share = np.minimum(np.maximum(f_ahead - f_now, 0.0) / np.maximum(1.0 - f_now, _TINY), 1.0)
         next_rate = np.maximum(x.budget - x.spent, 0.0) * share / span
-        return Slot(now=now, due=due, elapsed=elapsed, spend=self.acc[:n].copy(), curve=x.budget * gone,
-                    replan=replan, even=x.budget * elapsed / length, next_rate=next_rate, f_now=f_now,
-                    f_then=f0.copy(), length=length)
+        return Slot(
+            now=now,
+            due=due,
+            elapsed=elapsed,
+            spend=self.acc[:n].copy(),
+            curve=x.budget * gone,
+            replan=replan,
+            even=x.budget * elapsed / length,
+            next_rate=next_rate,
+            f_now=f_now,
+            f_then=f0.copy(),
+            length=length,
+        )
 
     def new_period(self, new: B8, n: int) -> None:
         """A slot starts a period (first activation or a daily rollover): restart what the law integrates."""
@@ -175,8 +189,9 @@ class Throttle(SlottedLaw):
     name = "throttle"
     STATE = _state(SlottedLaw, (("p", 1.0),))
 
-    def __init__(self, params: ControlParams | None = None, capacity: int = 1024,
-                 cfg: ThrottleParams | None = None) -> None:
+    def __init__(
+        self, params: ControlParams | None = None, capacity: int = 1024, cfg: ThrottleParams | None = None
+    ) -> None:
         super().__init__(params, capacity)
         self.cfg = cfg or ThrottleParams()
         self.interval = self.cfg.interval
@@ -229,8 +244,7 @@ class Pid(SlottedLaw):
     name = "pid"
     STATE = _state(SlottedLaw, (("phi", 0.0), ("integral", 0.0), ("e_prev", np.nan)))
 
-    def __init__(self, params: ControlParams | None = None, capacity: int = 1024,
-                 cfg: PidParams | None = None) -> None:
+    def __init__(self, params: ControlParams | None = None, capacity: int = 1024, cfg: PidParams | None = None) -> None:
         super().__init__(params, capacity)
         self.cfg = cfg or PidParams()
         self.interval = self.cfg.interval
@@ -291,8 +305,9 @@ class Dual(SlottedLaw):
     name = "dual"
     STATE = _state(SlottedLaw, (("mu", 0.0),))
 
-    def __init__(self, params: ControlParams | None = None, capacity: int = 1024,
-                 cfg: DualParams | None = None) -> None:
+    def __init__(
+        self, params: ControlParams | None = None, capacity: int = 1024, cfg: DualParams | None = None
+    ) -> None:
         super().__init__(params, capacity)
         self.cfg = cfg or DualParams()
         self.interval = self.cfg.interval
@@ -349,8 +364,9 @@ class Mystique(SlottedLaw):
     name = "mystique"
     STATE = _state(SlottedLaw, (("ps", 1.0), ("last_positive", 1.0), ("ps_sum", 0.0), ("ps_count", 0.0)))
 
-    def __init__(self, params: ControlParams | None = None, capacity: int = 1024,
-                 cfg: MystiqueParams | None = None) -> None:
+    def __init__(
+        self, params: ControlParams | None = None, capacity: int = 1024, cfg: MystiqueParams | None = None
+    ) -> None:
         super().__init__(params, capacity)
         self.cfg = cfg or MystiqueParams()
         self.interval = self.cfg.interval
@@ -379,13 +395,15 @@ class Mystique(SlottedLaw):
         gradient_error = (s.spend / budget) / day_share - slope
         iterations = s.length / self.interval
         with np.errstate(divide="ignore", invalid="ignore"):
-            until_hit = np.where(np.abs(gradient_error) < _TINY, iterations + 1.0,
-                                 -iterations * spend_error / gradient_error)
+            until_hit = np.where(
+                np.abs(gradient_error) < _TINY, iterations + 1.0, -iterations * spend_error / gradient_error
+            )
         w1 = np.where(until_hit < 0, 0.5, np.minimum(c.w1_max, c.w1_per_interval * until_hit))
         w2 = 1.0 - w1
         spend_step = c.max_step * np.minimum(1.0, np.abs(spend_error) / c.spend_error_full)
-        gradient_step = np.maximum(c.min_gradient_step,
-                                   c.max_step * np.minimum(1.0, np.abs(gradient_error)) / c.gradient_error_full)
+        gradient_step = np.maximum(
+            c.min_gradient_step, c.max_step * np.minimum(1.0, np.abs(gradient_error)) / c.gradient_error_full
+        )
         ps = self.ps[:n]
         base = np.where(ps > 0, ps, self.last_positive[:n])
         moved = base - w1 * spend_step * np.sign(spend_error) - w2 * gradient_step * np.sign(gradient_error)

@@ -30,10 +30,15 @@ SCENARIOS = {
     "first price, stable": "auction=first",
     "first price, shocked": "auction=first,shock=true",
 }
-COLUMNS = (("delivery", "delivery", "{:.2%}"), ("min_delivery", "min deliv.", "{:.2%}"),
-           ("max_overspend", "overspend", "{:.2%}"), ("value_ratio", "value/opt", "{:.3f}"),
-           ("smooth_rmse", "smooth rmse", "{:.3f}"), ("max_dev", "max dev", "{:.2%}"),
-           ("volatility", "volatility", "{:.4f}"))
+COLUMNS = (
+    ("delivery", "delivery", "{:.2%}"),
+    ("min_delivery", "min deliv.", "{:.2%}"),
+    ("max_overspend", "overspend", "{:.2%}"),
+    ("value_ratio", "value/opt", "{:.3f}"),
+    ("smooth_rmse", "smooth rmse", "{:.3f}"),
+    ("max_dev", "max dev", "{:.2%}"),
+    ("volatility", "volatility", "{:.4f}"),
+)
 
 
 def _spec(scenario: str, bidders: int, seed: int) -> SyntheticSpec:
@@ -70,7 +75,8 @@ def table(scenario: str, rows: dict[str, dict[str, float]]) -> str:
         for key, _, fmt in COLUMNS:
             cell = fmt.format(s[key])
             if (key == "value_ratio" and s[key] == best_value) or (
-                    key == "smooth_rmse" and strategy in paced and s[key] == best_rmse):
+                key == "smooth_rmse" and strategy in paced and s[key] == best_rmse
+            ):
                 cell = f"**{cell}**"
             cells.append(cell)
         lines.append(f"| {strategy} | " + " | ".join(cells) + " |")
@@ -119,12 +125,22 @@ def main(argv: list[str] | None = None) -> int:
     summaries = {sc: {st: summary(doc) for st, doc in by.items()} for sc, by in results.items()}
     text = "\n\n".join(table(sc, rows) for sc, rows in summaries.items())
     print(text)
-    print(f"\n{len(jobs)} replays in {time.perf_counter() - started:.0f} s; "
-          f"{args.bidders} bidders x 1 day per scenario, seed {args.seed}", file=sys.stderr)
+    print(
+        f"\n{len(jobs)} replays in {time.perf_counter() - started:.0f} s; "
+        f"{args.bidders} bidders x 1 day per scenario, seed {args.seed}",
+        file=sys.stderr,
+    )
     (args.out / "quality.md").write_text(text + "\n")
-    (args.out / "quality.json").write_text(json.dumps(
-        {sc: {st: {"summary": summaries[sc][st], "bidders": doc["bidders"]} for st, doc in by.items()}
-         for sc, by in results.items()}, indent=1) + "\n")
+    (args.out / "quality.json").write_text(
+        json.dumps(
+            {
+                sc: {st: {"summary": summaries[sc][st], "bidders": doc["bidders"]} for st, doc in by.items()}
+                for sc, by in results.items()
+            },
+            indent=1,
+        )
+        + "\n"
+    )
     curves = {st: doc["curve"] for st, doc in results["second price, shocked"].items() if "curve" in doc}
     if curves:
         plot(curves, args.out / "quality.png")  # type: ignore[arg-type]

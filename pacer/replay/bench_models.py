@@ -32,9 +32,13 @@ from pacer.replay.run import ReplayOptions, replay
 from pacer.replay.synthetic import SyntheticSpec, generate
 from pacer.service import config_from_json
 
-COLUMNS = (("delivery", "delivery", "{:.2%}"), ("max_overspend", "overspend", "{:.2%}"),
-           ("traffic_rmse", "rmse vs own traffic", "{:.3f}"), ("value_ratio", "value/opt", "{:.3f}"),
-           ("max_dev", "max dev (own curve)", "{:.2%}"))
+COLUMNS = (
+    ("delivery", "delivery", "{:.2%}"),
+    ("max_overspend", "overspend", "{:.2%}"),
+    ("traffic_rmse", "rmse vs own traffic", "{:.3f}"),
+    ("value_ratio", "value/opt", "{:.3f}"),
+    ("max_dev", "max dev (own curve)", "{:.2%}"),
+)
 
 
 def _part(log: AuctionLog, lo: float, hi: float) -> AuctionLog:
@@ -46,8 +50,10 @@ def _part(log: AuctionLog, lo: float, hi: float) -> AuctionLog:
 def run_scenario(job: tuple[str, int, int, int, int]) -> tuple[str, dict[str, dict[str, float]], dict[str, object]]:
     auction, bidders, history, evaluate, seed = job
     models_dir = Path(Settings().models_dir)
-    spec = SyntheticSpec.parse(f"shape=regions,period=daily,pacing=traffic,auction={auction},bidders={bidders},"
-                               f"days={history + evaluate},seed={seed}")
+    spec = SyntheticSpec.parse(
+        f"shape=regions,period=daily,pacing=traffic,auction={auction},bidders={bidders},"
+        f"days={history + evaluate},seed={seed}"
+    )
     log, bodies = generate(spec, models_dir)
     configs = {k: config_from_json(v) for k, v in bodies.items()}
     prior = TrafficCurve.load(models_dir / "prior" / "traffic.json")
@@ -77,8 +83,10 @@ def run_scenario(job: tuple[str, int, int, int, int]) -> tuple[str, dict[str, di
 
 
 def table(auction: str, rows: dict[str, dict[str, float]]) -> str:
-    lines = [f"| {auction} price | " + " | ".join(label for _, label, _ in COLUMNS) + " |",
-             "|" + "---|" * (len(COLUMNS) + 1)]
+    lines = [
+        f"| {auction} price | " + " | ".join(label for _, label, _ in COLUMNS) + " |",
+        "|" + "---|" * (len(COLUMNS) + 1),
+    ]
     for label, s in rows.items():
         lines.append(f"| {label} | " + " | ".join(fmt.format(s[key]) for key, _, fmt in COLUMNS) + " |")
     return "\n".join(lines)
@@ -102,8 +110,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {auction} price: {json.dumps(info)}", file=sys.stderr, flush=True)
     text = "\n\n".join(table(a, r["rows"]) for a, r in results.items())  # type: ignore[arg-type]
     print(text)
-    print(f"\n{time.perf_counter() - started:.0f} s; {args.bidders} bidders, {args.history_days} days of history, "
-          f"{args.eval_days} days judged, seed {args.seed}", file=sys.stderr)
+    print(
+        f"\n{time.perf_counter() - started:.0f} s; {args.bidders} bidders, {args.history_days} days of history, "
+        f"{args.eval_days} days judged, seed {args.seed}",
+        file=sys.stderr,
+    )
     (args.out / "models.md").write_text(text + "\n")
     (args.out / "models.json").write_text(json.dumps(results, indent=1) + "\n")
     return 0

@@ -21,27 +21,51 @@ from pacer.service import config_from_json
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("replay", help="replay an auction log through the engine in virtual time",
-                       description="Replay an auction log (CSV or Parquet) through the real engine in virtual "
-                                   "time and report delivery, overspend, smoothness and value per bidder.")
-    p.add_argument("log", nargs="?", type=Path, help="auction log: ts, bidder_id, auction_id, bid_micros, "
-                                                     "market_micros (CSV or .parquet)")
+    p = sub.add_parser(
+        "replay",
+        help="replay an auction log through the engine in virtual time",
+        description="Replay an auction log (CSV or Parquet) through the real engine in virtual "
+        "time and report delivery, overspend, smoothness and value per bidder.",
+    )
+    p.add_argument(
+        "log",
+        nargs="?",
+        type=Path,
+        help="auction log: ts, bidder_id, auction_id, bid_micros, market_micros (CSV or .parquet)",
+    )
     p.add_argument("--bidders", type=Path, help='JSON {"<bidder_id>": <PUT /v1/bidders body>, ...}')
-    p.add_argument("--synthetic", metavar="SPEC", help="generate the log and bidders instead: key=value,... "
-                   "(e.g. bidders=12,days=1,shape=regions,shock=true), a JSON object or a .json file")
+    p.add_argument(
+        "--synthetic",
+        metavar="SPEC",
+        help="generate the log and bidders instead: key=value,... "
+        "(e.g. bidders=12,days=1,shape=regions,shock=true), a JSON object or a .json file",
+    )
     p.add_argument("--out", type=Path, help="write metrics.json, metrics.txt and plots/ here")
     p.add_argument("--strategy", choices=STRATEGIES, default="pacer", help="pacer's controller or a baseline")
-    p.add_argument("--auction", choices=("first", "second"), default=None,
-                   help="price rule (default second; with --synthetic, the spec's)")
+    p.add_argument(
+        "--auction",
+        choices=("first", "second"),
+        default=None,
+        help="price rule (default second; with --synthetic, the spec's)",
+    )
     p.add_argument("--win-delay", type=float, default=1.0, help="mean win-notice delay in seconds (exponential)")
     p.add_argument("--loss-notices", action="store_true", help="the exchange also sends loss notices")
     p.add_argument("--tick", type=float, default=1.0, help="engine tick in virtual seconds (default 1)")
     p.add_argument("--seed", type=int, default=0, help="seed of the engine's and the notices' randomness")
     p.add_argument("--no-plots", action="store_true", help="skip the PNGs")
-    p.add_argument("--log-out", type=Path, metavar="DIR", help="write the replay's decisions and outcomes here as "
-                   "an auction log (the service's format: Parquet by date/hour), e.g. to refit on")
-    p.add_argument("--models", type=Path, metavar="DIR", help="pace with fitted models: DIR/<bidder_id>.json as "
-                   "written by `pacer refit --export DIR`")
+    p.add_argument(
+        "--log-out",
+        type=Path,
+        metavar="DIR",
+        help="write the replay's decisions and outcomes here as "
+        "an auction log (the service's format: Parquet by date/hour), e.g. to refit on",
+    )
+    p.add_argument(
+        "--models",
+        type=Path,
+        metavar="DIR",
+        help="pace with fitted models: DIR/<bidder_id>.json as written by `pacer refit --export DIR`",
+    )
 
 
 def load_models(folder: Path, bidders: list[str]) -> dict[str, dict[str, object]]:
@@ -94,18 +118,26 @@ def _run(args: argparse.Namespace) -> int:
         raise ValueError("the log has no auctions")
     if args.win_delay < 0 or args.tick <= 0:
         raise ValueError("--win-delay must be >= 0 and --tick > 0")
-    options = ReplayOptions(strategy=args.strategy, auction=auction, win_delay_s=args.win_delay,
-                            loss_notices=args.loss_notices, tick_s=args.tick, seed=args.seed,
-                            models=load_models(args.models, log.bidders) if args.models else None,
-                            log=AuctionLogWriter(str(args.log_out), "replay") if args.log_out else None)
+    options = ReplayOptions(
+        strategy=args.strategy,
+        auction=auction,
+        win_delay_s=args.win_delay,
+        loss_notices=args.loss_notices,
+        tick_s=args.tick,
+        seed=args.seed,
+        models=load_models(args.models, log.bidders) if args.models else None,
+        log=AuctionLogWriter(str(args.log_out), "replay") if args.log_out else None,
+    )
     curve = TrafficCurve.load(models / "prior" / "traffic.json")
     started = time.perf_counter()
     result = replay(log, configs, curve, options)
     doc = metrics(result)
     table = format_table(doc)
     print(table)
-    print(f"{len(log)} auctions, {len(log.bidders)} bidders, replayed in {time.perf_counter() - started:.1f} s",
-          file=sys.stderr)
+    print(
+        f"{len(log)} auctions, {len(log.bidders)} bidders, replayed in {time.perf_counter() - started:.1f} s",
+        file=sys.stderr,
+    )
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "metrics.json").write_text(json.dumps(doc, indent=1) + "\n")

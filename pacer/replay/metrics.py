@@ -92,9 +92,15 @@ def period_metrics(result: ReplayResult, bidder_id: str, w: Window) -> PeriodMet
     running = np.cumsum(paid)
     hit = np.flatnonzero(running >= EXHAUSTED * budget)
     return PeriodMetrics(
-        budget=budget, spend=spend, wins=int(won.sum()), value=int(log.bid[won].sum()),
+        budget=budget,
+        spend=spend,
+        wins=int(won.sum()),
+        value=int(log.bid[won].sum()),
         opt_value=optimum(log.bid[mask], log.market[mask], budget),
-        max_dev=float(np.abs(cum - target).max() / budget), sq_err=sq_err, traffic_sq_err=traffic_sq_err, slots=slots,
+        max_dev=float(np.abs(cum - target).max() / budget),
+        sq_err=sq_err,
+        traffic_sq_err=traffic_sq_err,
+        slots=slots,
         exhausted_at=float(log.ts[won][hit[0]]) if hit.size else None,
     )
 
@@ -168,8 +174,10 @@ def summary(doc: dict[str, object]) -> dict[str, float]:
 
 
 def format_table(doc: dict[str, object]) -> str:
-    head = (f"{'bidder':<12} {'budget':>12} {'delivery':>8} {'over':>6} {'value/opt':>9} {'max_dev':>7} "
-            f"{'rmse':>6} {'eCPM':>7} {'vol':>6}  exhausted_at")
+    head = (
+        f"{'bidder':<12} {'budget':>12} {'delivery':>8} {'over':>6} {'value/opt':>9} {'max_dev':>7} "
+        f"{'rmse':>6} {'eCPM':>7} {'vol':>6}  exhausted_at"
+    )
     lines = [f"strategy {doc['strategy']}, {doc.get('auction', 'second')} price", head, "-" * len(head)]
     bidders = doc["bidders"]
     assert isinstance(bidders, dict)  # as metrics() builds it

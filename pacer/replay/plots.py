@@ -59,8 +59,10 @@ def plot_bidder(result: ReplayResult, bidder_id: str, path: Path) -> None:
     top.plot(_dates(times), target, color="0.5", linestyle="--", label="target")
     top.plot(_dates(times), spend, color="C0", label="spend")
     top.set_ylabel("share of budget")
-    top.set_title(f"{bidder_id}: {result.options.strategy}, {result.options.auction} price, "
-                  f"{result.configs[bidder_id].pacing} pacing")
+    top.set_title(
+        f"{bidder_id}: {result.options.strategy}, {result.options.auction} price, "
+        f"{result.configs[bidder_id].pacing} pacing"
+    )
     top.legend(loc="upper left")
     top.grid(alpha=0.3)
     sample_dates = _dates(result.sample_t)

@@ -99,8 +99,9 @@ def make_law(strategy: str, params: EngineParams) -> ControlLaw:
     return BASELINES[strategy](params.control)
 
 
-def replay(log: AuctionLog, configs: dict[str, BidderConfig], curve: TrafficCurve,
-           options: ReplayOptions | None = None) -> ReplayResult:
+def replay(
+    log: AuctionLog, configs: dict[str, BidderConfig], curve: TrafficCurve, options: ReplayOptions | None = None
+) -> ReplayResult:
     """Run the log through the engine. Deterministic for (log, configs, curve, options)."""
     opt = options or ReplayOptions()
     if opt.auction not in ("first", "second"):
@@ -146,8 +147,9 @@ def replay(log: AuctionLog, configs: dict[str, BidderConfig], curve: TrafficCurv
                 else:
                     engine.loss(names[bidder[j]], aid[j])
                 if out is not None:
-                    out.outcome(clock.now, WIN if paid >= 0 else LOSS, names[bidder[j]], aid[j],
-                                paid if paid >= 0 else None)
+                    out.outcome(
+                        clock.now, WIN if paid >= 0 else LOSS, names[bidder[j]], aid[j], paid if paid >= 0 else None
+                    )
             elif next_tick <= until:
                 clock.now = next_tick
                 engine.tick()
@@ -187,9 +189,14 @@ def replay(log: AuctionLog, configs: dict[str, BidderConfig], curve: TrafficCurv
     if out is not None and not out.flush():
         raise OSError(f"auction log: cannot write to {out.url}: {out.last_error}")
     return ReplayResult(
-        log=log, configs=configs, options=opt, engine=engine,
-        granted=np.array(granted, dtype=np.int64), price=np.array(price, dtype=np.int64),
-        won=np.array(won, dtype=np.bool_), sample_t=np.array(samples),
+        log=log,
+        configs=configs,
+        options=opt,
+        engine=engine,
+        granted=np.array(granted, dtype=np.int64),
+        price=np.array(price, dtype=np.int64),
+        won=np.array(won, dtype=np.bool_),
+        sample_t=np.array(samples),
         throttle=np.array(throttles).reshape(len(samples), len(names)),
         multiplier=np.array(multipliers).reshape(len(samples), len(names)),
     )

@@ -231,7 +231,10 @@ def generate(spec: SyntheticSpec, models_dir: Path) -> tuple[AuctionLog, dict[st
         cols["bid"].append(value)
         cols["market"].append(market)
     log = AuctionLog.from_columns(
-        np.concatenate(cols["ts"]), np.concatenate(cols["bidder"]), np.concatenate(cols["aid"]),
-        np.concatenate(cols["bid"]), np.concatenate(cols["market"]),
+        np.concatenate(cols["ts"]),
+        np.concatenate(cols["bidder"]),
+        np.concatenate(cols["aid"]),
+        np.concatenate(cols["bid"]),
+        np.concatenate(cols["market"]),
     )
     return log, bidders

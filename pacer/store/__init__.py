@@ -14,8 +14,9 @@ if TYPE_CHECKING:
 __all__ = ["BidderRecord", "ModelRecord", "Store", "StoreError", "VersionConflict", "WinRecord", "open_store"]
 
 
-def open_store(url: str, journal_dir: Path = Path("pacer-journal"), dedupe_s: float = 7 * 86400,
-               instance: str | None = None) -> SqliteStore | RedisStore:
+def open_store(
+    url: str, journal_dir: Path = Path("pacer-journal"), dedupe_s: float = 7 * 86400, instance: str | None = None
+) -> SqliteStore | RedisStore:
     """Build the store a URL names: `sqlite:///path/to.db` (embedded) or `redis://host:port/db` (fleet; each
     instance keeps its journal in `journal_dir`); a win re-sent within `dedupe_s` is recognised."""
     if url.startswith("sqlite://"):

@@ -72,8 +72,9 @@ def _stamp(path: Path) -> int:
     return max(stamps)
 
 
-async def adopt_orphans(folder: Path, mine: SqliteStore, own: Claim,
-                        empty: dict[Path, int] | None = None) -> list[WinRecord]:
+async def adopt_orphans(
+    folder: Path, mine: SqliteStore, own: Claim, empty: dict[Path, int] | None = None
+) -> list[WinRecord]:
     """Move the unshipped wins of journals no live process holds into `mine`; returns them. Called at start and at
     every sync, so a dead sibling's wins reach the shared store within one sync, not when some process restarts.
     `empty` remembers journals found with nothing to ship, or unreadable (and when they last changed), so they are

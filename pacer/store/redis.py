@@ -136,8 +136,14 @@ def _script(name: str) -> str:
 class RedisStore:
     """Store on Redis (or Redis Cluster, detected) plus a local journal folder."""
 
-    def __init__(self, url: str, journal_dir: Path, prefix: str = "pacer", dedupe_s: float = 7 * 86400,
-                 instance: str | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        journal_dir: Path,
+        prefix: str = "pacer",
+        dedupe_s: float = 7 * 86400,
+        instance: str | None = None,
+    ) -> None:
         self.url = url
         self.journal_dir = journal_dir
         self.prefix = prefix
@@ -162,8 +168,9 @@ class RedisStore:
         self._sha: dict[str, str] = {}
 
     @classmethod
-    def from_url(cls, url: str, journal_dir: Path, dedupe_s: float = 7 * 86400,
-                 instance: str | None = None) -> RedisStore:
+    def from_url(
+        cls, url: str, journal_dir: Path, dedupe_s: float = 7 * 86400, instance: str | None = None
+    ) -> RedisStore:
         """`redis://[user:pass@]host:port/db[?prefix=pacer]` (or rediss://); other query options go to redis-py."""
         parts = urlsplit(url)
         query = dict(parse_qsl(parts.query))
@@ -191,8 +198,11 @@ class RedisStore:
             return
         # One retry: a pooled connection goes stale when Redis restarts. Every script and pipeline is safe to
         # run twice. (The asyncio Retry: redis-py's sync one, given to an asyncio client, silently never retries.)
-        options: dict[str, Any] = {"socket_timeout": TIMEOUT_S, "socket_connect_timeout": TIMEOUT_S,
-                                   "retry": Retry(NoBackoff(), 1)}
+        options: dict[str, Any] = {
+            "socket_timeout": TIMEOUT_S,
+            "socket_connect_timeout": TIMEOUT_S,
+            "retry": Retry(NoBackoff(), 1),
+        }
         probe = aioredis.Redis.from_url(self.url, **options)
         try:
             info = await self._call(probe.info("cluster"))
@@ -200,8 +210,9 @@ class RedisStore:
             await probe.aclose()
         self.cluster = bool(info.get("cluster_enabled"))
         if self.cluster:
-            self._redis = RedisCluster.from_url(self.url, socket_timeout=TIMEOUT_S,
-                                                socket_connect_timeout=TIMEOUT_S, retry=Retry(NoBackoff(), 1))
+            self._redis = RedisCluster.from_url(
+                self.url, socket_timeout=TIMEOUT_S, socket_connect_timeout=TIMEOUT_S, retry=Retry(NoBackoff(), 1)
+            )
             await self._call(self._redis.initialize())
         else:
             self._redis = aioredis.Redis.from_url(self.url, **options)
@@ -246,8 +257,9 @@ class RedisStore:
 
     async def load_configs(self, bidder_ids: list[str]) -> list[BidderRecord | None]:
         """Each bidder's configuration (None where deleted or missing), one pipelined round trip."""
-        rows = await self._pipelined(lambda pipe: [pipe.hmget(self._state(b), "cfg", "ver", "del", "upd")
-                                                   for b in bidder_ids])
+        rows = await self._pipelined(
+            lambda pipe: [pipe.hmget(self._state(b), "cfg", "ver", "del", "upd") for b in bidder_ids]
+        )
         out: list[BidderRecord | None] = []
         for bidder_id, (cfg, ver, deleted, updated) in zip(bidder_ids, rows, strict=True):
             if cfg is None or ver is None or deleted == b"1":
@@ -261,8 +273,11 @@ class RedisStore:
         Redis assigned. Raises BidderLost when the caller knows the bidder but Redis lost it."""
         config = to_json(record.config)
         budget, paused = record.config["budget_micros"], "1" if record.config.get("paused") else "0"
-        reply = await self._eval("put", [self._state(record.bidder_id)],
-                                 [config, budget, paused, record.version - 1, repr(record.updated_at)])
+        reply = await self._eval(
+            "put",
+            [self._state(record.bidder_id)],
+            [config, budget, paused, record.version - 1, repr(record.updated_at)],
+        )
         if reply[0] == b"lost":
             raise BidderLost(f"Redis has no state for bidder {record.bidder_id!r}: its data was lost")
         if reply[0] == b"conflict":
@@ -280,13 +295,15 @@ class RedisStore:
         """Bring back a lost bidder with the spend an operator states for its current period. Returns the version."""
         config = to_json(record.config)
         budget, paused = record.config["budget_micros"], "1" if record.config.get("paused") else "0"
-        reply = await self._eval("restore", [self._state(record.bidder_id)],
-                                 [config, budget, paused, period_key, spent_micros])
+        reply = await self._eval(
+            "restore", [self._state(record.bidder_id)], [config, budget, paused, period_key, spent_micros]
+        )
         await self._announce(record.bidder_id, int(reply[0]))
         return int(reply[0])
 
     async def _announce(self, bidder_id: str, version: int | None) -> None:
         """Tell the fleet a bidder changed (discovery of new and deleted bidders)."""
+
         def fill(pipe: Any) -> None:
             if version is None:
                 pipe.hdel(self._registry, bidder_id)
@@ -371,8 +388,9 @@ class RedisStore:
                 continue  # this group's wins go to the journal; the sync says what is wrong
             for j, (status, version, dups) in zip(members, _unpack(group), strict=True):
                 if status == "ok":
-                    results.counted_by(bidder_ids[j], by_bidder[bidder_ids[j]], {int(d) - 1 for d in dups},
-                                       int(version))
+                    results.counted_by(
+                        bidder_ids[j], by_bidder[bidder_ids[j]], {int(d) - 1 for d in dups}, int(version)
+                    )
                 elif status == "overflow":
                     results.failed.update(by_bidder[bidder_ids[j]])
         return results
@@ -401,7 +419,7 @@ class RedisStore:
         cutoff = f"({int(before_ts * 1000)}"
         removed = 0
         for lo in range(0, len(ids), GROUP):
-            part = ids[lo: lo + GROUP]
+            part = ids[lo : lo + GROUP]
 
             def fill(pipe: Any, part: list[str] = part) -> None:
                 for bidder_id in part:
@@ -450,8 +468,17 @@ class RedisStore:
             for i in members:
                 r = requests[i]
                 keys += [self._state(r.bidder_id), self._wins(r.bidder_id)]
-                packed.append((r.known_version, r.period_key, r.want_micros, r.floor_micros, r.hold_ms,
-                               [_packed_win(w) for w in r.wins], r.check))
+                packed.append(
+                    (
+                        r.known_version,
+                        r.period_key,
+                        r.want_micros,
+                        r.floor_micros,
+                        r.hold_ms,
+                        [_packed_win(w) for w in r.wins],
+                        r.check,
+                    )
+                )
             calls.append((members, keys, [self.instance, lease_ttl_ms, self.dedupe_ms, _pack(packed)]))
         results = await self._run_script("sync", calls, f"{self._registry}:seq")
         for r in results:
@@ -476,7 +503,7 @@ class RedisStore:
         seq = 0
         for lo in range(0, len(fits), PUBLISH_GROUP):
             args: list[object] = []
-            for bidder_id, model, fit in fits[lo: lo + PUBLISH_GROUP]:
+            for bidder_id, model, fit in fits[lo : lo + PUBLISH_GROUP]:
                 args += [bidder_id, to_json(model) if model is not None else "", to_json(fit)]
             keys = [self._models, f"{self._models}:seq", f"{self._models}:n"]
             seq = int(await self._eval("publish", keys, args))
@@ -484,8 +511,9 @@ class RedisStore:
 
     async def load_models(self, after_seq: int) -> list[ModelRecord]:
         client = self._client()
-        changed = await self._call(client.zrangebyscore(f"{self._models}:seq", f"({after_seq}", "+inf",
-                                                        withscores=True))
+        changed = await self._call(
+            client.zrangebyscore(f"{self._models}:seq", f"({after_seq}", "+inf", withscores=True)
+        )
         if not changed:
             return []
         ids = [member.decode() for member, _ in changed]
@@ -493,9 +521,16 @@ class RedisStore:
         values = await self._call(client.hmget(self._models, fields))
         out = []
         for i, (bidder_id, (_, seq)) in enumerate(zip(ids, changed, strict=True)):
-            version, model, fit = values[3 * i: 3 * i + 3]
-            out.append(ModelRecord(bidder_id, int(version or 0), json.loads(model) if model else None,
-                                   json.loads(fit) if fit else {}, int(seq)))
+            version, model, fit = values[3 * i : 3 * i + 3]
+            out.append(
+                ModelRecord(
+                    bidder_id,
+                    int(version or 0),
+                    json.loads(model) if model else None,
+                    json.loads(fit) if fit else {},
+                    int(seq),
+                )
+            )
         return out
 
     async def try_lock(self, name: str, holder: str, ttl_s: float) -> bool:
@@ -555,11 +590,13 @@ class RedisStore:
             groups.setdefault(slot, []).append(i)
         return list(groups.values())
 
-    async def _run_script(self, name: str, calls: list[tuple[list[int], list[str], list[object]]],
-                          then_get: str | None = None) -> list[Any]:
+    async def _run_script(
+        self, name: str, calls: list[tuple[list[int], list[str], list[object]]], then_get: str | None = None
+    ) -> list[Any]:
         """One pipelined round trip of `name` calls (and a GET of `then_get` last): each call's reply, or its
         error. Scripts flushed by a Redis restart are loaded again and the round trip repeated (every script is
         safe to run twice: wins counted by the first attempt come back as duplicates)."""
+
         def fill(pipe: Any) -> None:
             for _, keys, args in calls:
                 pipe.execute_command("EVALSHA", self._sha[name], len(keys), *keys, *args)
@@ -586,8 +623,9 @@ class RedisStore:
                 await self._load_scripts()
         raise AssertionError("unreachable")
 
-    async def _pipelined(self, fill: Callable[[Any], object], transaction: bool = False,
-                         raise_on_error: bool = True) -> list[Any]:
+    async def _pipelined(
+        self, fill: Callable[[Any], object], transaction: bool = False, raise_on_error: bool = True
+    ) -> list[Any]:
         """One pipelined round trip; redis-py retries it once on a stale pooled connection (Redis restarted)."""
         async with self._client().pipeline(transaction=transaction) as pipe:
             fill(pipe)
@@ -609,14 +647,21 @@ def _packed_win(w: WinRecord) -> tuple[str, int, str, int]:
     """A win as record.lua and sync.lua take it; its dedupe key is scored by when it was acknowledged."""
     return w.auction_id, w.price_micros, w.period_key, int(w.ts * 1000)
 
+
 _unpack = msgspec.msgpack.Decoder(list[list[Any]]).decode
 
 
 def _reply(raw: list[Any]) -> LeaseReply:
     status, config_version, incarnation, spent, lease, fleet, cfg, dups, counted, version = raw
     return LeaseReply(
-        status=status, version=int(config_version), incarnation=int(incarnation), spent_micros=int(spent),
-        lease_micros=int(lease), fleet_leased_micros=int(fleet), config=json.loads(cfg) if cfg else None,
-        duplicates=[int(d) - 1 for d in dups], counted=[int(c) - 1 for c in counted], spend_version=int(version),
+        status=status,
+        version=int(config_version),
+        incarnation=int(incarnation),
+        spent_micros=int(spent),
+        lease_micros=int(lease),
+        fleet_leased_micros=int(fleet),
+        config=json.loads(cfg) if cfg else None,
+        duplicates=[int(d) - 1 for d in dups],
+        counted=[int(c) - 1 for c in counted],
+        spend_version=int(version),
     )
-

@@ -195,10 +195,14 @@ class SqliteStore:
     async def load_configs(self, bidder_ids: list[str]) -> list[BidderRecord | None]:
         def read() -> list[BidderRecord | None]:
             conn = self._db()
-            rows = [conn.execute("SELECT config, version, updated_at FROM bidders WHERE bidder_id = ?", (b,)).fetchone()
-                    for b in bidder_ids]
-            return [None if r is None else BidderRecord(b, json.loads(r[0]), r[1], r[2])
-                    for b, r in zip(bidder_ids, rows, strict=True)]
+            rows = [
+                conn.execute("SELECT config, version, updated_at FROM bidders WHERE bidder_id = ?", (b,)).fetchone()
+                for b in bidder_ids
+            ]
+            return [
+                None if r is None else BidderRecord(b, json.loads(r[0]), r[1], r[2])
+                for b, r in zip(bidder_ids, rows, strict=True)
+            ]
 
         return await self._on_thread(read)
 
@@ -287,8 +291,9 @@ class SqliteStore:
     # -- models and the refit lock --
 
     async def publish_fits(self, fits: list[tuple[str, dict[str, object] | None, dict[str, object]]]) -> int:
-        rows = [(bidder_id, to_json(model) if model is not None else None, to_json(fit))
-                for bidder_id, model, fit in fits]
+        rows = [
+            (bidder_id, to_json(model) if model is not None else None, to_json(fit)) for bidder_id, model, fit in fits
+        ]
 
         def apply(conn: sqlite3.Connection) -> int:
             seq: int = conn.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM models").fetchone()[0]
@@ -296,24 +301,35 @@ class SqliteStore:
                 "INSERT INTO models VALUES (?1, CASE WHEN ?2 IS NULL THEN 0 ELSE 1 END, ?2, ?3, ?4) "
                 "ON CONFLICT (bidder_id) DO UPDATE SET version = version + (excluded.model IS NOT NULL), "
                 "model = COALESCE(excluded.model, model), fit = excluded.fit, seq = excluded.seq",
-                [(*row, seq) for row in rows])
+                [(*row, seq) for row in rows],
+            )
             return seq
 
         seq: int = await self._write(apply)
         return seq
 
     async def load_models(self, after_seq: int) -> list[ModelRecord]:
-        rows = await self._on_thread(lambda: self._db().execute(
-            "SELECT bidder_id, version, model, fit, seq FROM models WHERE seq > ? ORDER BY seq, bidder_id",
-            (after_seq,)).fetchall())
+        rows = await self._on_thread(
+            lambda: (
+                self._db()
+                .execute(
+                    "SELECT bidder_id, version, model, fit, seq FROM models WHERE seq > ? ORDER BY seq, bidder_id",
+                    (after_seq,),
+                )
+                .fetchall()
+            )
+        )
         return [ModelRecord(b, v, json.loads(m) if m else None, json.loads(f), s) for b, v, m, f, s in rows]
 
     async def try_lock(self, name: str, holder: str, ttl_s: float) -> bool:
         now = time.time()
-        taken: int = await self._write(_statement(
-            "INSERT INTO locks VALUES (?, ?, ?) ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, "
-            "until = excluded.until WHERE locks.until < ? OR locks.holder = excluded.holder",
-            (name, holder, now + ttl_s, now)))
+        taken: int = await self._write(
+            _statement(
+                "INSERT INTO locks VALUES (?, ?, ?) ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, "
+                "until = excluded.until WHERE locks.until < ? OR locks.holder = excluded.holder",
+                (name, holder, now + ttl_s, now),
+            )
+        )
         return taken == 1
 
     async def unlock(self, name: str, holder: str) -> None:

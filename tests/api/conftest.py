@@ -63,8 +63,9 @@ async def get_bidder(client: httpx.AsyncClient, bidder_id: str) -> dict[str, Any
 
 async def bid(client: httpx.AsyncClient, bidder_id: str, auction_id: str, bid_micros: int) -> dict[str, Any]:
     """POST /v1/bid; returns the decision."""
-    resp = await client.post("/v1/bid", json={"bidder_id": bidder_id, "auction_id": auction_id,
-                                              "bid_micros": bid_micros})
+    resp = await client.post(
+        "/v1/bid", json={"bidder_id": bidder_id, "auction_id": auction_id, "bid_micros": bid_micros}
+    )
     assert resp.status_code == 200, resp.text
     return resp.json()
 
@@ -89,8 +90,9 @@ async def lifespan(app: PacerApp) -> AsyncIterator[None]:
     """The ASGI lifespan protocol, driven as uvicorn drives it, through the dispatcher."""
     inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
     outbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-    task = asyncio.create_task(app({"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}},
-                                   inbox.get, outbox.put))
+    task = asyncio.create_task(
+        app({"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}, inbox.get, outbox.put)
+    )
     await inbox.put({"type": "lifespan.startup"})
     reply = asyncio.ensure_future(outbox.get())
     await asyncio.wait([reply, task], return_when=asyncio.FIRST_COMPLETED)
@@ -122,8 +124,13 @@ def make_app(tmp_path: Path) -> Callable[..., PacerApp]:
     """Build the whole service on a store in tmp_path; keyword arguments override Settings."""
 
     def make(**overrides: Any) -> PacerApp:
-        settings = {"store": f"sqlite:///{tmp_path}/p.db", "operator_token": OPERATOR_TOKEN,
-                    "operator_token_file": tmp_path / "t", "log_url": str(tmp_path / "log"), **overrides}
+        settings = {
+            "store": f"sqlite:///{tmp_path}/p.db",
+            "operator_token": OPERATOR_TOKEN,
+            "operator_token_file": tmp_path / "t",
+            "log_url": str(tmp_path / "log"),
+            **overrides,
+        }
         return create_app(Settings(**settings))
 
     return make

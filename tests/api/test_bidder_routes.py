@@ -155,10 +155,10 @@ async def test_bid_integral_float_is_that_integer(client: httpx.AsyncClient) -> 
     assert resp.status_code == 200, resp.text
     assert resp.content == b'{"auction_id":"a1","bid":true,"bid_micros":1000}'
     assert (await get_bidder(client, "b1"))["reserved_micros"] == 1000
-    assert_error(await client.post("/v1/bid", json={**BID, "bid_micros": 1000.5}), 422, "validation_error",
-                 "bid_micros")
-    assert_error(await client.post("/v1/bid", json={**BID, "bid_micros": 1e13}), 422, "validation_error",
-                 "bid_micros")
+    assert_error(
+        await client.post("/v1/bid", json={**BID, "bid_micros": 1000.5}), 422, "validation_error", "bid_micros"
+    )
+    assert_error(await client.post("/v1/bid", json={**BID, "bid_micros": 1e13}), 422, "validation_error", "bid_micros")
 
 
 async def test_bids_and_events_take_integral_floats(client: httpx.AsyncClient) -> None:
@@ -168,10 +168,10 @@ async def test_bids_and_events_take_integral_floats(client: httpx.AsyncClient) -
     assert resp.status_code == 200, resp.text
     assert [d["bid_micros"] for d in resp.json()["decisions"]] == [1000, 2000]
     bad = [*requests, BID, {**BID, "bid_micros": 1000.5}]
-    assert_error(await client.post("/v1/bids", json={"requests": bad}), 422, "validation_error",
-                 "requests[3].bid_micros")
-    assert await send_events(client, {**win("b1", "a2", 0), "price_micros": 1500.0}) == {"accepted": 1,
-                                                                                         "duplicates": 0}
+    assert_error(
+        await client.post("/v1/bids", json={"requests": bad}), 422, "validation_error", "requests[3].bid_micros"
+    )
+    assert await send_events(client, {**win("b1", "a2", 0), "price_micros": 1500.0}) == {"accepted": 1, "duplicates": 0}
     status = await get_bidder(client, "b1")
     assert (status["spent_micros"], status["reserved_micros"]) == (1500, 1000)
     assert type(status["spent_micros"]) is int
@@ -236,8 +236,13 @@ async def token_client(make_app: Callable[..., PacerApp]) -> AsyncIterator[httpx
 @pytest.mark.parametrize("path", list(ROUTE_BODIES))
 @pytest.mark.parametrize(
     "headers",
-    [{}, {"Authorization": "Bearer wrong"}, {"Authorization": "btok"}, {"Authorization": "Basic btok"},
-     {"Authorization": "Bearer tok"}],
+    [
+        {},
+        {"Authorization": "Bearer wrong"},
+        {"Authorization": "btok"},
+        {"Authorization": "Basic btok"},
+        {"Authorization": "Bearer tok"},
+    ],
     ids=["missing", "wrong", "no-scheme", "basic", "operator-token"],
 )
 async def test_bidder_token_refused(token_client: httpx.AsyncClient, path: str, headers: dict[str, str]) -> None:
@@ -272,13 +277,15 @@ async def test_bids_in_request_order(client: httpx.AsyncClient) -> None:
     ]
     resp = await client.post("/v1/bids", json={"requests": requests})
     assert resp.status_code == 200
-    assert resp.json() == {"decisions": [
-        {"auction_id": "a1", "bid": True, "bid_micros": 1000},
-        {"auction_id": "a2", "bid": False, "reason": "unknown_bidder"},
-        {"auction_id": "a3", "bid": False, "reason": "paused"},
-        {"auction_id": "a4", "bid": True, "bid_micros": 500},
-        {"auction_id": "a5", "bid": False, "reason": "no_budget"},
-    ]}
+    assert resp.json() == {
+        "decisions": [
+            {"auction_id": "a1", "bid": True, "bid_micros": 1000},
+            {"auction_id": "a2", "bid": False, "reason": "unknown_bidder"},
+            {"auction_id": "a3", "bid": False, "reason": "paused"},
+            {"auction_id": "a4", "bid": True, "bid_micros": 500},
+            {"auction_id": "a5", "bid": False, "reason": "no_budget"},
+        ]
+    }
 
 
 async def test_bids_full_batch_of_1000(client: httpx.AsyncClient) -> None:

@@ -37,8 +37,8 @@ async def eventually(check: Callable[[], Any], what: str) -> None:
 
 
 async def test_a_failing_tick_is_logged_counted_and_the_loop_goes_on(
-        app: PacerApp, client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch,
-        caplog: pytest.LogCaptureFixture) -> None:
+    app: PacerApp, client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     service = app.service
     real = service.engine.tick_steps
 
@@ -105,38 +105,52 @@ async def test_a_patch_never_resurrects_a_deleted_bidder(client: httpx.AsyncClie
 
 
 async def test_etag_and_if_match(client: httpx.AsyncClient) -> None:
-    created = await client.put("/v1/bidders/b1", json={"budget_micros": 1000, "period": {"type": "daily",
-                               "timezone": "UTC"}}, headers=OPERATOR)
+    created = await client.put(
+        "/v1/bidders/b1", json={"budget_micros": 1000, "period": {"type": "daily", "timezone": "UTC"}}, headers=OPERATOR
+    )
     assert created.status_code == 201 and created.headers["etag"] == '"1"'
     got = await client.get("/v1/bidders/b1", headers=OPERATOR)
     assert got.headers["etag"] == '"1"'
-    ok = await client.patch("/v1/bidders/b1", json={"budget_micros": 2000},
-                            headers={**OPERATOR, "If-Match": '"1"'})
+    ok = await client.patch("/v1/bidders/b1", json={"budget_micros": 2000}, headers={**OPERATOR, "If-Match": '"1"'})
     assert ok.status_code == 200 and ok.headers["etag"] == '"2"'
-    stale = await client.patch("/v1/bidders/b1", json={"budget_micros": 3000},
-                               headers={**OPERATOR, "If-Match": '"1"'})
+    stale = await client.patch("/v1/bidders/b1", json={"budget_micros": 3000}, headers={**OPERATOR, "If-Match": '"1"'})
     assert_error(stale, 412, "precondition_failed", "If-Match")
     assert stale.headers["etag"] == '"2"'
     for tag in ("1", '"abc"', '"99999999999999999999999"', ""):
-        assert_error(await client.post("/v1/bidders/b1/pause", headers={**OPERATOR, "If-Match": tag}), 412,
-                     "precondition_failed", "If-Match")
-    assert_error(await client.delete("/v1/bidders/b1", headers={**OPERATOR, "If-Match": '"1"'}), 412,
-                 "precondition_failed", "If-Match")
+        assert_error(
+            await client.post("/v1/bidders/b1/pause", headers={**OPERATOR, "If-Match": tag}),
+            412,
+            "precondition_failed",
+            "If-Match",
+        )
+    assert_error(
+        await client.delete("/v1/bidders/b1", headers={**OPERATOR, "If-Match": '"1"'}),
+        412,
+        "precondition_failed",
+        "If-Match",
+    )
     assert (await get_bidder(client, "b1"))["budget_micros"] == 2000, "nothing changed by a failed precondition"
     assert (await client.post("/v1/bidders/b1/pause", headers={**OPERATOR, "If-Match": 'W/"2"'})).status_code == 200
     assert (await client.delete("/v1/bidders/b1", headers={**OPERATOR, "If-Match": "*"})).status_code == 204
     body = {"budget_micros": 1000, "period": {"type": "daily", "timezone": "UTC"}}
-    assert_error(await client.put("/v1/bidders/b1", json=body, headers={**OPERATOR, "If-Match": "*"}), 412,
-                 "precondition_failed", "If-Match")
+    assert_error(
+        await client.put("/v1/bidders/b1", json=body, headers={**OPERATOR, "If-Match": "*"}),
+        412,
+        "precondition_failed",
+        "If-Match",
+    )
 
 
 # --- 6. bidder routes take JSON only (no cross-site simple requests) --------------------------------------------
 
 
-@pytest.mark.parametrize("content_type", [None, "text/plain", "application/x-www-form-urlencoded",
-                                          "multipart/form-data; boundary=x", "application/jsonx"])
+@pytest.mark.parametrize(
+    "content_type",
+    [None, "text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", "application/jsonx"],
+)
 async def test_bidder_routes_refuse_bodies_a_browser_may_send_cross_site(
-        client: httpx.AsyncClient, content_type: str | None) -> None:
+    client: httpx.AsyncClient, content_type: str | None
+) -> None:
     await put_bidder(client, "b1", budget_micros=10**12)
     headers = {"content-type": content_type} if content_type else {}
     win = b'{"events": [{"type": "win", "bidder_id": "b1", "auction_id": "x", "price_micros": 1000000000}]}'
@@ -150,8 +164,11 @@ async def test_bidder_routes_refuse_bodies_a_browser_may_send_cross_site(
 
 async def test_json_with_parameters_is_accepted(client: httpx.AsyncClient) -> None:
     await put_bidder(client, "b1")
-    resp = await client.post("/v1/bid", content=b'{"bidder_id": "b1", "auction_id": "a1", "bid_micros": 10}',
-                             headers={"content-type": "Application/JSON; charset=utf-8"})
+    resp = await client.post(
+        "/v1/bid",
+        content=b'{"bidder_id": "b1", "auction_id": "a1", "bid_micros": 10}',
+        headers={"content-type": "Application/JSON; charset=utf-8"},
+    )
     assert resp.status_code == 200 and resp.json()["bid"] is True
 
 
@@ -179,16 +196,20 @@ async def test_a_declared_length_above_the_cap_is_refused_without_reading(app: P
 
     for path, headers in (("/v1/bidders/b1", [(b"authorization", b"Bearer tok")]), ("/v1/events", [])):
         sent.clear()
-        scope = {"type": "http", "method": "PUT" if "bidders" in path else "POST", "path": path,
-                 "raw_path": path.encode(), "query_string": b"",
-                 "headers": [*headers, (b"content-type", b"application/json"), (b"content-length", b"500000000")]}
+        scope = {
+            "type": "http",
+            "method": "PUT" if "bidders" in path else "POST",
+            "path": path,
+            "raw_path": path.encode(),
+            "query_string": b"",
+            "headers": [*headers, (b"content-type", b"application/json"), (b"content-length", b"500000000")],
+        }
         await app(scope, receive, send)
         assert sent[0]["status"] == 413
     assert reads == 0
 
 
-async def test_decisions_for_unknown_bidders_are_counted_not_logged(
-        app: PacerApp, client: httpx.AsyncClient) -> None:
+async def test_decisions_for_unknown_bidders_are_counted_not_logged(app: PacerApp, client: httpx.AsyncClient) -> None:
     requests = [{"bidder_id": f"random-{i}", "auction_id": f"a{i}", "bid_micros": 100} for i in range(1000)]
     resp = await client.post("/v1/bids", json={"requests": requests})
     assert resp.status_code == 200
@@ -201,8 +222,8 @@ async def test_decisions_for_unknown_bidders_are_counted_not_logged(
 
 
 async def test_rows_that_cannot_be_written_at_shutdown_are_counted_and_logged(
-        make_app: Callable[..., PacerApp], tmp_path: Path, caplog: pytest.LogCaptureFixture,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    make_app: Callable[..., PacerApp], tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr("pacer.service.LOG_STOP_S", 0.5)
     blocked = tmp_path / "not-a-folder"
     blocked.write_text("a file where the log folder should be: every write fails")
@@ -233,8 +254,9 @@ async def test_a_trailing_slash_is_a_404_not_a_redirect_to_the_host_header(clien
 
 
 async def test_an_operator_body_that_is_not_utf8_is_invalid_json(client: httpx.AsyncClient) -> None:
-    resp = await client.put("/v1/bidders/b1", content=b"\xff\xfe{", headers={**OPERATOR,
-                            "content-type": "application/json"})
+    resp = await client.put(
+        "/v1/bidders/b1", content=b"\xff\xfe{", headers={**OPERATOR, "content-type": "application/json"}
+    )
     assert_error(resp, 400, "invalid_json")
 
 

@@ -14,10 +14,15 @@ from tests.api.conftest import OPERATOR, put_bidder, serve
 
 ERROR_REF = {"$ref": "#/components/schemas/Error"}
 BIDDER_ID_ROUTES = [("/v1/bidders/{bidder_id}", m) for m in ("put", "patch", "get", "delete")] + [
-    ("/v1/bidders/{bidder_id}/curve", "get"), ("/v1/bidders/{bidder_id}/pause", "post"),
-    ("/v1/bidders/{bidder_id}/resume", "post"), ("/v1/bidders/{bidder_id}/restore", "post")]
+    ("/v1/bidders/{bidder_id}/curve", "get"),
+    ("/v1/bidders/{bidder_id}/pause", "post"),
+    ("/v1/bidders/{bidder_id}/resume", "post"),
+    ("/v1/bidders/{bidder_id}/restore", "post"),
+]
 IF_MATCH_ROUTES = [("/v1/bidders/{bidder_id}", m) for m in ("put", "patch", "delete")] + [
-    ("/v1/bidders/{bidder_id}/pause", "post"), ("/v1/bidders/{bidder_id}/resume", "post")]
+    ("/v1/bidders/{bidder_id}/pause", "post"),
+    ("/v1/bidders/{bidder_id}/resume", "post"),
+]
 
 
 @pytest.fixture
@@ -55,8 +60,9 @@ async def test_bidder_routes_document_the_dispatchers_statuses(doc: dict[str, An
 
 
 @pytest.mark.parametrize(("path", "method"), BIDDER_ID_ROUTES)
-async def test_operator_routes_document_auth_unknown_bidder_and_id_bounds(doc: dict[str, Any], path: str,
-                                                                         method: str) -> None:
+async def test_operator_routes_document_auth_unknown_bidder_and_id_bounds(
+    doc: dict[str, Any], path: str, method: str
+) -> None:
     op = doc["paths"][path][method]
     assert {"401", "404", "422"} <= set(op["responses"])
     (bidder_id,) = [p for p in op["parameters"] if p["name"] == "bidder_id"]

@@ -27,9 +27,21 @@ from tests.api.conftest import (
 )
 
 STATUS_KEYS = {
-    "bidder_id", "state", "budget_micros", "spent_micros", "reserved_micros", "remaining_micros",
-    "target_spent_micros", "period", "period_start", "period_end", "pacing", "max_bid_micros", "throttle",
-    "multiplier", "model",
+    "bidder_id",
+    "state",
+    "budget_micros",
+    "spent_micros",
+    "reserved_micros",
+    "remaining_micros",
+    "target_spent_micros",
+    "period",
+    "period_start",
+    "period_end",
+    "pacing",
+    "max_bid_micros",
+    "throttle",
+    "multiplier",
+    "model",
 }
 
 # Every operator route, as (method, path, JSON body or None), all aimed at an existing bidder "b1".
@@ -54,8 +66,14 @@ def dt(ts: str) -> datetime:
 @pytest.mark.parametrize(("method", "path", "body"), ROUTES, ids=[f"{m} {p}" for m, p, _ in ROUTES])
 @pytest.mark.parametrize(
     "headers",
-    [{}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic tok"}, {"Authorization": "tok"},
-     {"Authorization": "Bearer "}, {"Authorization": "Bearer tok2"}],
+    [
+        {},
+        {"Authorization": "Bearer wrong"},
+        {"Authorization": "Basic tok"},
+        {"Authorization": "tok"},
+        {"Authorization": "Bearer "},
+        {"Authorization": "Bearer tok2"},
+    ],
     ids=["missing", "wrong", "basic-scheme", "no-scheme", "empty", "longer"],
 )
 async def test_operator_routes_need_the_token(
@@ -78,12 +96,14 @@ async def test_token_is_checked_before_the_body_is_parsed(client: httpx.AsyncCli
 
 async def test_put_creates_then_replaces_keeping_spend(client: httpx.AsyncClient) -> None:
     period = flight()  # the same flight both times (built twice, a second boundary between would make another)
-    resp = await client.put("/v1/bidders/b1", json=bidder_body(budget_micros=1_000_000, period=period),
-                            headers=OPERATOR)
+    resp = await client.put(
+        "/v1/bidders/b1", json=bidder_body(budget_micros=1_000_000, period=period), headers=OPERATOR
+    )
     assert resp.status_code == 201
     assert (await send_events(client, win("b1", "a1", 300)))["accepted"] == 1
-    resp = await client.put("/v1/bidders/b1", json=bidder_body(budget_micros=2_000_000, pacing="even", period=period),
-                            headers=OPERATOR)
+    resp = await client.put(
+        "/v1/bidders/b1", json=bidder_body(budget_micros=2_000_000, pacing="even", period=period), headers=OPERATOR
+    )
     assert resp.status_code == 200
     status = resp.json()
     assert (status["budget_micros"], status["spent_micros"], status["remaining_micros"]) == (2_000_000, 300, 1_999_700)
@@ -92,18 +112,36 @@ async def test_put_creates_then_replaces_keeping_spend(client: httpx.AsyncClient
 
 async def test_put_status_has_exactly_the_documented_keys(client: httpx.AsyncClient) -> None:
     period = flight(-3600, 86400)
-    resp = await client.put("/v1/bidders/b1", json=bidder_body(budget_micros=5000, period=period, max_bid_micros=900),
-                            headers=OPERATOR)
+    resp = await client.put(
+        "/v1/bidders/b1", json=bidder_body(budget_micros=5000, period=period, max_bid_micros=900), headers=OPERATOR
+    )
     assert resp.status_code == 201
     status = resp.json()
     assert set(status) == STATUS_KEYS
     assert status == {
-        "bidder_id": "b1", "state": "active", "budget_micros": 5000, "spent_micros": 0, "reserved_micros": 0,
-        "remaining_micros": 5000, "target_spent_micros": 5000, "period": period,
-        "period_start": period["start"], "period_end": period["end"], "pacing": "asap", "max_bid_micros": 900,
-        "throttle": 1.0, "multiplier": 1.0,
-        "model": {"source": "prior", "version": 0, "fitted_at": None, "rows": None, "landscape": False,
-                  "fit_error": None, "last_fit": None},
+        "bidder_id": "b1",
+        "state": "active",
+        "budget_micros": 5000,
+        "spent_micros": 0,
+        "reserved_micros": 0,
+        "remaining_micros": 5000,
+        "target_spent_micros": 5000,
+        "period": period,
+        "period_start": period["start"],
+        "period_end": period["end"],
+        "pacing": "asap",
+        "max_bid_micros": 900,
+        "throttle": 1.0,
+        "multiplier": 1.0,
+        "model": {
+            "source": "prior",
+            "version": 0,
+            "fitted_at": None,
+            "rows": None,
+            "landscape": False,
+            "fit_error": None,
+            "last_fit": None,
+        },
     }
     assert await get_bidder(client, "b1") == status
 
@@ -119,8 +157,9 @@ async def test_put_defaults(client: httpx.AsyncClient) -> None:
 
 async def test_integral_floats_are_integers(client: httpx.AsyncClient) -> None:
     """5000.0 is the integer 5000 (JSON has one number type; JSON Schema's `integer` admits it); 5000.5 is not."""
-    resp = await client.put("/v1/bidders/b1", json=bidder_body(budget_micros=5000.0, max_bid_micros=900.0),
-                            headers=OPERATOR)
+    resp = await client.put(
+        "/v1/bidders/b1", json=bidder_body(budget_micros=5000.0, max_bid_micros=900.0), headers=OPERATOR
+    )
     assert resp.status_code == 201, resp.text
     assert '"budget_micros":5000,' in resp.text
     status = resp.json()
@@ -285,8 +324,11 @@ async def test_patch_period(client: httpx.AsyncClient) -> None:
     later = flight(3600, 7200, timezone="Europe/Paris")
     status = (await patch(client, "b1", {"period": later})).json()
     assert status["period"] == later
-    assert (status["period_start"], status["period_end"], status["state"]) == (later["start"], later["end"],
-                                                                              "scheduled")
+    assert (status["period_start"], status["period_end"], status["state"]) == (
+        later["start"],
+        later["end"],
+        "scheduled",
+    )
     assert await bid(client, "b1", "a1", 10) == {"auction_id": "a1", "bid": False, "reason": "not_active"}
     status = (await patch(client, "b1", {"period": {"type": "daily", "timezone": "UTC"}})).json()
     assert (status["period"], status["state"]) == ({"type": "daily", "timezone": "UTC"}, "active")

@@ -55,8 +55,8 @@ async def test_metrics(client: httpx.AsyncClient) -> None:
     assert re.search(r'^pacer_decisions_total\{reason="bid"\} 1\.0$', text, re.M), text
     assert re.search(r'^pacer_decisions_total\{reason="unknown_bidder"\} 1\.0$', text, re.M)
     assert re.search(r'^pacer_events_total\{type="win"\} 1\.0$', text, re.M)
-    assert re.search(r'^pacer_spent_micros 90\.0$', text, re.M)
-    buckets = re.findall(r'^pacer_request_duration_seconds_bucket\{(.*)\} (\S+)$', text, re.M)
+    assert re.search(r"^pacer_spent_micros 90\.0$", text, re.M)
+    buckets = re.findall(r"^pacer_request_duration_seconds_bucket\{(.*)\} (\S+)$", text, re.M)
     bid_buckets = [float(n) for labels, n in buckets if 'route="/v1/bid"' in labels]
     assert bid_buckets and bid_buckets[-1] == 2.0  # +Inf bucket: both bids
     assert re.search(r'^pacer_request_duration_seconds_count\{route="/v1/bid"\} 2\.0$', text, re.M)
@@ -160,8 +160,7 @@ async def test_docs(client: httpx.AsyncClient) -> None:
 
 @pytest.mark.parametrize(
     ("method", "path"),
-    [("GET", "/nope"), ("POST", "/v1/nope"), ("GET", "/v1/bid/"), ("POST", "/v1/bidders/b1/frobnicate"),
-     ("GET", "/")],
+    [("GET", "/nope"), ("POST", "/v1/nope"), ("GET", "/v1/bid/"), ("POST", "/v1/bidders/b1/frobnicate"), ("GET", "/")],
 )
 async def test_unknown_route(client: httpx.AsyncClient, method: str, path: str) -> None:
     assert_error(await client.request(method, path, headers=OPERATOR), 404, "not_found")

@@ -45,8 +45,14 @@ class PacerServer:
     """One `pacer serve` process at a time on a fixed port, in its own folder, on a SQLite file or a shared store
     (`store`, e.g. a Redis URL; `workers` processes then); can be killed and restarted."""
 
-    def __init__(self, tmp_path: Path, store: str | None = None, workers: int = 1, token: str | None = None,
-                 env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        tmp_path: Path,
+        store: str | None = None,
+        workers: int = 1,
+        token: str | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.tmp_path = tmp_path
         tmp_path.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
@@ -68,9 +74,16 @@ class PacerServer:
         # The simulated exchange sends win notices within 50-150 ms, so the reservation TTL may go below the
         # production floor of 1 s (as an operator facing such an exchange would set it); with the 1 s floor the
         # unreported losses of the last second of a 20 s flight hold 5-8% of its budget past the end.
-        env.update({"PACER_OPERATOR_TOKEN": self.token, "PACER_TICK_MS": "100", "PACER_LOG_LEVEL": "warning",
-                    "PACER_TTL_MIN_S": "0.3", **self.env,
-                    "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))})
+        env.update(
+            {
+                "PACER_OPERATOR_TOKEN": self.token,
+                "PACER_TICK_MS": "100",
+                "PACER_LOG_LEVEL": "warning",
+                "PACER_TTL_MIN_S": "0.3",
+                **self.env,
+                "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])),
+            }
+        )
         if self._log is not None:
             self._log.close()
         self._log = self._log_path.open("ab")
@@ -78,9 +91,22 @@ class PacerServer:
         self._log.write(f"--- start {self.starts} ---\n".encode())
         self._log.flush()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pacer.cli", "serve", "--port", str(self.port), "--store", self.store,
-             "--workers", str(self.workers)],
-            cwd=self.tmp_path, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "pacer.cli",
+                "serve",
+                "--port",
+                str(self.port),
+                "--store",
+                self.store,
+                "--workers",
+                str(self.workers),
+            ],
+            cwd=self.tmp_path,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
         )
 
     def log(self) -> str:
@@ -137,8 +163,9 @@ class PacerServer:
     def stored_spend(self, bidder_id: str) -> int:
         """Spend the SQLite file holds for the bidder (read after the process has stopped)."""
         with sqlite3.connect(self.db) as conn:
-            row = conn.execute("SELECT COALESCE(SUM(spent_micros), 0) FROM spend WHERE bidder_id = ?",
-                               (bidder_id,)).fetchone()
+            row = conn.execute(
+                "SELECT COALESCE(SUM(spent_micros), 0) FROM spend WHERE bidder_id = ?", (bidder_id,)
+            ).fetchone()
         conn.close()
         return int(row[0])
 
@@ -169,10 +196,14 @@ async def client(pacer_server: PacerServer) -> AsyncIterator[httpx.AsyncClient]:
         yield c
 
 
-async def put_bidder(client: httpx.AsyncClient, server: PacerServer, bidder_id: str, budget: int, start: float,
-                     end: float, pacing: str) -> dict[str, Any]:
-    body = {"budget_micros": budget, "period": {"type": "flight", "start": rfc3339(start), "end": rfc3339(end)},
-            "pacing": pacing}
+async def put_bidder(
+    client: httpx.AsyncClient, server: PacerServer, bidder_id: str, budget: int, start: float, end: float, pacing: str
+) -> dict[str, Any]:
+    body = {
+        "budget_micros": budget,
+        "period": {"type": "flight", "start": rfc3339(start), "end": rfc3339(end)},
+        "pacing": pacing,
+    }
     response = await client.put(f"/v1/bidders/{bidder_id}", json=body, headers=server.operator_headers())
     assert response.status_code == 201, response.text
     status: dict[str, Any] = response.json()

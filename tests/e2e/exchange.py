@@ -92,8 +92,15 @@ class Exchange:
     Given several clients (a fleet), every request goes to the next one in turn, as a round-robin load balancer
     would send it; one that fails to connect is taken out of the rotation and the request goes to the next."""
 
-    def __init__(self, client: httpx.AsyncClient | list[httpx.AsyncClient], bidder_id: str, auctions: Auctions,
-                 t0: float, status_headers: dict[str, str] | None = None, max_event_posts: int = 4) -> None:
+    def __init__(
+        self,
+        client: httpx.AsyncClient | list[httpx.AsyncClient],
+        bidder_id: str,
+        auctions: Auctions,
+        t0: float,
+        status_headers: dict[str, str] | None = None,
+        max_event_posts: int = 4,
+    ) -> None:
         self.clients = list(client) if isinstance(client, list) else [client]
         self._turn = 0
         self.status_headers = status_headers or {}
@@ -196,8 +203,7 @@ class Exchange:
 
     async def _bid(self, chunk: range) -> bool:
         a = self.auctions
-        requests = [{"bidder_id": self.bidder_id, "auction_id": _aid(i), "bid_micros": int(a.value[i])}
-                    for i in chunk]
+        requests = [{"bidder_id": self.bidder_id, "auction_id": _aid(i), "bid_micros": int(a.value[i])} for i in chunk]
         try:
             response = await self._send("POST", "/v1/bids", json={"requests": requests})
         except httpx.TransportError:
@@ -319,8 +325,10 @@ class Exchange:
         ids = list(auction_ids)
         accepted = duplicates = 0
         for k in range(0, len(ids), MAX_BATCH):
-            events = [{"type": "win", "bidder_id": self.bidder_id, "auction_id": a, "price_micros": self.charged[a]}
-                      for a in ids[k:k + MAX_BATCH]]
+            events = [
+                {"type": "win", "bidder_id": self.bidder_id, "auction_id": a, "price_micros": self.charged[a]}
+                for a in ids[k : k + MAX_BATCH]
+            ]
             response = await self._send("POST", "/v1/events", json={"events": events})
             response.raise_for_status()
             body = response.json()
@@ -370,8 +378,18 @@ class Exchange:
                 pass  # the service is down (crash test): no sample
             else:
                 elapsed = min(max((at - start) / (end - start), 0.0), 1.0)
-                self.samples.append(Sample(at, elapsed, s["spent_micros"], s["reserved_micros"],
-                                           s["target_spent_micros"], s["state"], s["throttle"], s["multiplier"]))
+                self.samples.append(
+                    Sample(
+                        at,
+                        elapsed,
+                        s["spent_micros"],
+                        s["reserved_micros"],
+                        s["target_spent_micros"],
+                        s["state"],
+                        s["throttle"],
+                        s["multiplier"],
+                    )
+                )
             await asyncio.sleep(max(0.0, every_s - (time.time() - at)))  # a periodic timer
 
 

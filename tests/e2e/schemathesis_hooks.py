@@ -53,8 +53,12 @@ def map_case(context: Any, case: Any) -> Any:
     body = case.body
     if isinstance(body, dict):
         period = body.get("period")
-        if (isinstance(period, dict) and period.get("type") == "flight" and isinstance(period.get("start"), str)
-                and isinstance(period.get("end"), str)):
+        if (
+            isinstance(period, dict)
+            and period.get("type") == "flight"
+            and isinstance(period.get("start"), str)
+            and isinstance(period.get("end"), str)
+        ):
             _ordered_flight(period)
     query = case.query
     if isinstance(query, dict) and isinstance(query.get("cursor"), str) and query["cursor"]:

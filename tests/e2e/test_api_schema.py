@@ -43,14 +43,30 @@ async def test_live_openapi_document_holds(tmp_path: Path) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("SCHEMATHESIS_")}
         env.update(SCHEMATHESIS_HOOKS=str(HERE / "schemathesis_hooks.py"), NO_COLOR="1")
         process = await asyncio.create_subprocess_exec(
-            str(ST), "--config-file", str(HERE / "schemathesis.toml"), "run", f"{server.url}/openapi.json",
-            "--checks", "all",
-            "--header", f"Authorization: Bearer {TOKEN}",  # the operator routes' token; bidder routes need none
-            "--max-examples", str(MAX_EXAMPLES), "--seed", str(SEED),
-            "--generation-database", "none",  # nothing remembered from earlier runs: the same cases every time
-            "--workers", "1",  # one request at a time: the stateful phase sees the same server states every time
-            "--request-timeout", "10", "--no-color",
-            cwd=tmp_path, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            str(ST),
+            "--config-file",
+            str(HERE / "schemathesis.toml"),
+            "run",
+            f"{server.url}/openapi.json",
+            "--checks",
+            "all",
+            "--header",
+            f"Authorization: Bearer {TOKEN}",  # the operator routes' token; bidder routes need none
+            "--max-examples",
+            str(MAX_EXAMPLES),
+            "--seed",
+            str(SEED),
+            "--generation-database",
+            "none",  # nothing remembered from earlier runs: the same cases every time
+            "--workers",
+            "1",  # one request at a time: the stateful phase sees the same server states every time
+            "--request-timeout",
+            "10",
+            "--no-color",
+            cwd=tmp_path,
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
         )
         try:
             out, _ = await asyncio.wait_for(process.communicate(), RUN_TIMEOUT_S)

@@ -26,8 +26,6 @@ DEADLINE_S = 20.0  # no wait below takes longer than this, guard or no guard
 ATTACK_BYTES = 16 << 20  # an attacker stops sending after this much (without the guard it would never be cut off)
 
 
-
-
 async def connect(server: PacerServer) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     return await asyncio.open_connection("127.0.0.1", server.port)
 

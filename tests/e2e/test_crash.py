@@ -30,7 +30,8 @@ RESEND_ACKED_SHARE = 0.25
 
 
 async def test_kill_9_mid_flight_then_resend_counts_every_win_once(
-        pacer_server: PacerServer, client: httpx.AsyncClient) -> None:
+    pacer_server: PacerServer, client: httpx.AsyncClient
+) -> None:
     server = pacer_server
     t0 = time.time()
     start = whole_ms(t0 + LEAD_S)
@@ -68,12 +69,16 @@ async def test_kill_9_mid_flight_then_resend_counts_every_win_once(
         acked_total = exchange.acked_total
         failed_total = sum(exchange.charged[a] for a in failed)
         print("\n=== kill -9 mid-flight ===")
-        print(f"budget {budget}; killed at {at_kill['t']:.2f}s into the flight, right after a 200 on /v1/events, "
-              f"with {at_kill['posts']} other /v1/events requests ({at_kill['wins']} win notices) in flight; "
-              f"halt: {dropped}")
-        print(f"wins charged {len(exchange.charged)} ({exchange.charged_total} micros): acknowledged "
-              f"{len(exchange.acked)} ({acked_total}), unacknowledged {len(unacked)} of which {len(failed)} "
-              f"({failed_total} micros) were in requests that failed, {exchange.failed_event_posts} failed requests")
+        print(
+            f"budget {budget}; killed at {at_kill['t']:.2f}s into the flight, right after a 200 on /v1/events, "
+            f"with {at_kill['posts']} other /v1/events requests ({at_kill['wins']} win notices) in flight; "
+            f"halt: {dropped}"
+        )
+        print(
+            f"wins charged {len(exchange.charged)} ({exchange.charged_total} micros): acknowledged "
+            f"{len(exchange.acked)} ({acked_total}), unacknowledged {len(unacked)} of which {len(failed)} "
+            f"({failed_total} micros) were in requests that failed, {exchange.failed_event_posts} failed requests"
+        )
         assert exchange.errors == []
         assert unacked, "the kill must leave win notices unacknowledged"
 
@@ -85,8 +90,10 @@ async def test_kill_9_mid_flight_then_resend_counts_every_win_once(
             exchange.client = fresh
             after_restart = await exchange.status()
             spent_before = after_restart["spent_micros"]
-            print(f"after restart: spent {spent_before}, state {after_restart['state']}, "
-                  f"reserved {after_restart['reserved_micros']}")
+            print(
+                f"after restart: spent {spent_before}, state {after_restart['state']}, "
+                f"reserved {after_restart['reserved_micros']}"
+            )
             # A 200 on /v1/events means durable; a failed request may or may not have been recorded.
             assert acked_total <= spent_before <= acked_total + failed_total
 
@@ -99,9 +106,11 @@ async def test_kill_9_mid_flight_then_resend_counts_every_win_once(
             rng.shuffle(resend)
             accepted, duplicates = await exchange.resend(resend)
             after_resend = (await exchange.status())["spent_micros"]
-            print(f"re-sent {len(unacked)} unacknowledged + {len(again)} acknowledged wins: accepted {accepted}, "
-                  f"duplicates {duplicates}; spent {after_resend}, exchange's unique charged wins "
-                  f"{exchange.charged_total}")
+            print(
+                f"re-sent {len(unacked)} unacknowledged + {len(again)} acknowledged wins: accepted {accepted}, "
+                f"duplicates {duplicates}; spent {after_resend}, exchange's unique charged wins "
+                f"{exchange.charged_total}"
+            )
             assert accepted + duplicates == len(resend)
             assert duplicates >= len(again), "acknowledged wins must not count twice"
             # Exactly the failed-but-recorded wins are the extra duplicates; none iff nothing extra was recorded.
@@ -117,9 +126,11 @@ async def test_kill_9_mid_flight_then_resend_counts_every_win_once(
             await exchange.drain(10.0)
             final = await exchange.status()
             await exchange.close()
-        print(f"resumed: skipped {skipped} auctions while down, then {exchange.reasons['bid'] - bids_before} bids; "
-              f"final spent {final['spent_micros']} = {final['spent_micros'] / budget:.4f} of budget, target "
-              f"{final['target_spent_micros'] / budget:.4f}; exchange's unique charged wins {exchange.charged_total}")
+        print(
+            f"resumed: skipped {skipped} auctions while down, then {exchange.reasons['bid'] - bids_before} bids; "
+            f"final spent {final['spent_micros']} = {final['spent_micros'] / budget:.4f} of budget, target "
+            f"{final['target_spent_micros'] / budget:.4f}; exchange's unique charged wins {exchange.charged_total}"
+        )
         assert exchange.errors == []
         assert exchange.unacked() == []
         assert exchange.reasons["bid"] > bids_before, "the restarted service bids again"

@@ -102,9 +102,17 @@ class FleetRun:
         return self.exchange.charged_total
 
 
-async def fly_fleet(clients: list[httpx.AsyncClient], servers: list[PacerServer], bidder_id: str, *, flight_s: float,
-                    budget_share: float, seed: int, pacing: str = "even",
-                    during: Callable[[Exchange, float, float], Awaitable[None]] | None = None) -> FleetRun:
+async def fly_fleet(
+    clients: list[httpx.AsyncClient],
+    servers: list[PacerServer],
+    bidder_id: str,
+    *,
+    flight_s: float,
+    budget_share: float,
+    seed: int,
+    pacing: str = "even",
+    during: Callable[[Exchange, float, float], Awaitable[None]] | None = None,
+) -> FleetRun:
     """Create the bidder on the first instance and drive the exchange round-robin over all of them through the
     flight; `during(exchange, start, end)` runs beside it (fault injection). Waits until every notice was
     answered."""
@@ -133,18 +141,24 @@ def report(title: str, run: FleetRun, spent: int) -> None:
     ex = run.exchange
     print(f"\n=== {title} ===")
     print(f"auctions {ex.offered}, decisions {dict(ex.reasons)}, failovers {ex.failovers}")
-    print(f"budget {run.budget} ({run.budget / run.unpaced:.1%} of unpaced); exchange charged {run.charged}; "
-          f"Redis spend {spent}; delivery {run.charged / run.budget:.4f}; "
-          f"overspend {max(0, run.charged - run.budget)} ({max(0, run.charged - run.budget) / run.budget:.4%})")
-    print(f"wins {len(ex.charged)}, notices {ex.win_notices} (second sends {ex.second_sends}), losses "
-          f"{ex.loss_notices}; instances answered accepted {ex.accepted}, duplicates {ex.duplicates}; "
-          f"run {run.seconds:.1f}s")
+    print(
+        f"budget {run.budget} ({run.budget / run.unpaced:.1%} of unpaced); exchange charged {run.charged}; "
+        f"Redis spend {spent}; delivery {run.charged / run.budget:.4f}; "
+        f"overspend {max(0, run.charged - run.budget)} ({max(0, run.charged - run.budget) / run.budget:.4%})"
+    )
+    print(
+        f"wins {len(ex.charged)}, notices {ex.win_notices} (second sends {ex.second_sends}), losses "
+        f"{ex.loss_notices}; instances answered accepted {ex.accepted}, duplicates {ex.duplicates}; "
+        f"run {run.seconds:.1f}s"
+    )
     by_second: dict[int, Counter[str]] = {}
     for i, outcome in ex.decisions:
         second = int(ex.t0 + float(ex.auctions.arrival[i]) - run.start)
         by_second.setdefault(second, Counter())[outcome] += 1
-    print("decisions by second of the flight: " + "; ".join(
-        f"{k}: " + ",".join(f"{o}={n}" for o, n in sorted(c.items())) for k, c in sorted(by_second.items())))
+    print(
+        "decisions by second of the flight: "
+        + "; ".join(f"{k}: " + ",".join(f"{o}={n}" for o, n in sorted(c.items())) for k, c in sorted(by_second.items()))
+    )
 
 
 def check_money(run: FleetRun, spent_in_redis: int) -> None:
@@ -198,8 +212,9 @@ async def test_workers_share_one_budget(redis_server: RedisServer, fleet_factory
 # --- faults -----------------------------------------------------------------------------------------------------
 
 
-async def test_kill_9_one_instance_never_restarted_leaves_no_win_uncounted(redis_server: RedisServer,
-                                                                         fleet_factory: Any) -> None:
+async def test_kill_9_one_instance_never_restarted_leaves_no_win_uncounted(
+    redis_server: RedisServer, fleet_factory: Any
+) -> None:
     """Issue 13: each instance has its own journal folder, as on its own machine, and the victim never comes back.
     A 200 on /v1/events means Redis counted the wins, so at every instant Redis holds every acknowledged win (and
     only charged ones), the survivors show the fleet's spend within a sync, and nothing is overspent."""
@@ -223,12 +238,15 @@ async def test_kill_9_one_instance_never_restarted_leaves_no_win_uncounted(redis
         spent = redis_spend(redis_server.url, "kill-1")
         report("3 instances, one killed with kill -9 at 40% of the flight and never restarted", run, spent)
         converged = await converge(clients[:2], "kill-1", spent)
-        print(f"samples after the kill {len(samples)}; survivors showed the fleet's spend {converged:.2f}s after "
-              f"the last notice")
+        print(
+            f"samples after the kill {len(samples)}; survivors showed the fleet's spend {converged:.2f}s after "
+            f"the last notice"
+        )
         check_money(run, spent)  # Redis holds exactly the exchange's charged wins, with the victim still dead
         assert run.charged <= run.budget, "no overspend"
         assert samples and all(acked <= held <= charged for acked, held, charged in samples), [
-            s for s in samples if not s[0] <= s[1] <= s[2]][:3]
+            s for s in samples if not s[0] <= s[1] <= s[2]
+        ][:3]
         assert run.exchange.failovers == 1
         assert run.charged / run.budget >= 0.97
     finally:
@@ -250,8 +268,9 @@ async def test_redis_stopped_and_restarted_with_aof(redis_server: RedisServer, f
         outage.append(time.time())
 
     try:
-        run = await fly_fleet(clients, servers, "outage-1", flight_s=20.0, budget_share=0.25, seed=24,
-                              during=outage_of_5s)
+        run = await fly_fleet(
+            clients, servers, "outage-1", flight_s=20.0, budget_share=0.25, seed=24, during=outage_of_5s
+        )
         spent = redis_spend(redis_server.url, "outage-1")
         report("3 instances, Redis down for 5 s at 30% of the flight", run, spent)
         # From the lease TTL after Redis went (plus a tick) until just before it was back.
@@ -267,8 +286,9 @@ async def test_redis_stopped_and_restarted_with_aof(redis_server: RedisServer, f
             await c.aclose()
 
 
-async def test_redis_restarted_empty_stops_granting_until_restored(redis_server: RedisServer,
-                                                                   fleet_factory: Any) -> None:
+async def test_redis_restarted_empty_stops_granting_until_restored(
+    redis_server: RedisServer, fleet_factory: Any
+) -> None:
     servers = await fleet_factory(redis_server.url, 2)
     clients = clients_for(servers)
     marks: dict[str, float] = {}
@@ -291,20 +311,27 @@ async def test_redis_restarted_empty_stops_granting_until_restored(redis_server:
         assert ready["status"] == "degraded" and ready["fleet"]["store_lost_bidders"] == ["lost-1"], ready
         metrics = (await clients[0].get("/metrics")).text
         assert "pacer_store_lost_bidders 1.0" in metrics
-        put = await clients[0].put("/v1/bidders/lost-1", headers=HEADERS, json={
-            "budget_micros": 1, "period": {"type": "flight", "start": "2030-01-01T00:00:00Z",
-                                           "end": "2030-01-02T00:00:00Z"}})
+        put = await clients[0].put(
+            "/v1/bidders/lost-1",
+            headers=HEADERS,
+            json={
+                "budget_micros": 1,
+                "period": {"type": "flight", "start": "2030-01-01T00:00:00Z", "end": "2030-01-02T00:00:00Z"},
+            },
+        )
         assert put.status_code == 409 and put.json()["error"]["code"] == "store_lost", put.text
         await asyncio.sleep(2.0)  # the outage as the operator takes it in
         marks["restored"] = time.time()
         # The operator states the spend from the exchange's own figure (wins still in journals add to it).
-        restored = await clients[1].post("/v1/bidders/lost-1/restore", headers=HEADERS,
-                                         json={"spent_micros": exchange.charged_total})
+        restored = await clients[1].post(
+            "/v1/bidders/lost-1/restore", headers=HEADERS, json={"spent_micros": exchange.charged_total}
+        )
         assert restored.status_code == 200 and restored.json()["state"] == "active", restored.text
 
     try:
-        run = await fly_fleet(clients, servers, "lost-1", flight_s=16.0, budget_share=0.25, seed=25,
-                              during=lose_and_restore)
+        run = await fly_fleet(
+            clients, servers, "lost-1", flight_s=16.0, budget_share=0.25, seed=25, during=lose_and_restore
+        )
         spent = redis_spend(redis_server.url, "lost-1")
         report("2 instances, Redis restarted empty at 30% of the flight, restored 2 s later", run, spent)
         frozen = decisions_between(run, marks["detected"], marks["restored"])
@@ -360,8 +387,9 @@ async def test_redis_cluster_fleet(redis_cluster: RedisCluster, fleet_factory: A
     clients = clients_for(servers)
     try:
         ids = ["cluster-a", "cluster-b", "cluster-c"]  # hash tags on different masters
-        runs = await asyncio.gather(*(fly_fleet(clients, servers, b, flight_s=15.0, budget_share=0.25, seed=30 + k)
-                                      for k, b in enumerate(ids)))
+        runs = await asyncio.gather(
+            *(fly_fleet(clients, servers, b, flight_s=15.0, budget_share=0.25, seed=30 + k) for k, b in enumerate(ids))
+        )
         for bidder_id, run in zip(ids, runs, strict=True):
             spent = redis_spend(redis_cluster.url, bidder_id, cluster=True)
             report(f"2 instances + 3-master Redis Cluster: {bidder_id}", run, spent)

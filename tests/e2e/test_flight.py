@@ -47,8 +47,9 @@ class Run:
         return spent
 
 
-async def fly(server: PacerServer, client: httpx.AsyncClient, bidder_id: str, pacing: str, budget_share: float,
-              seed: int) -> Run:
+async def fly(
+    server: PacerServer, client: httpx.AsyncClient, bidder_id: str, pacing: str, budget_share: float, seed: int
+) -> Run:
     """Create the bidder, drive the exchange from creation until TAIL_S after the flight ended, wait until every
     notice has been answered, and return the final status."""
     began = time.monotonic()
@@ -79,16 +80,22 @@ def report(title: str, run: Run) -> None:
     print(f"\n=== {title} ===")
     print(f"auctions offered {ex.offered}, decisions {dict(ex.reasons)}")
     print(f"unpaced spend {run.unpaced}, budget {run.budget} ({run.budget / run.unpaced:.1%} of unpaced)")
-    print(f"spent (service) {run.spent}, charged (exchange, unique wins) {ex.charged_total}, "
-          f"delivery {run.spent / run.budget:.4f}, overspend {max(0, run.spent - run.budget)}")
-    print(f"wins {len(ex.charged)}, win notices {ex.win_notices} (second sends {ex.second_sends}), "
-          f"loss notices {ex.loss_notices}, service counted accepted {ex.accepted} duplicates {ex.duplicates}")
+    print(
+        f"spent (service) {run.spent}, charged (exchange, unique wins) {ex.charged_total}, "
+        f"delivery {run.spent / run.budget:.4f}, overspend {max(0, run.spent - run.budget)}"
+    )
+    print(
+        f"wins {len(ex.charged)}, win notices {ex.win_notices} (second sends {ex.second_sends}), "
+        f"loss notices {ex.loss_notices}, service counted accepted {ex.accepted} duplicates {ex.duplicates}"
+    )
     print(f"final state {run.final['state']}, reserved {run.final['reserved_micros']}, run {run.seconds:.1f}s")
     print(" t(s)  elapsed  spent/B  target/B  ideal/B   dev/B  reserved/B  multiplier throttle state")
     for s in ex.samples:
-        print(f"{s.at - run.start:5.1f}  {s.elapsed:7.3f}  {s.spent / run.budget:7.4f}  {s.target / run.budget:8.4f}"
-              f"  {s.elapsed:7.4f}  {deviation(s, run.budget):+7.4f}  {s.reserved / run.budget:10.4f}"
-              f"  {s.multiplier:10.4f} {s.throttle:8.4f} {s.state}")
+        print(
+            f"{s.at - run.start:5.1f}  {s.elapsed:7.3f}  {s.spent / run.budget:7.4f}  {s.target / run.budget:8.4f}"
+            f"  {s.elapsed:7.4f}  {deviation(s, run.budget):+7.4f}  {s.reserved / run.budget:10.4f}"
+            f"  {s.multiplier:10.4f} {s.throttle:8.4f} {s.state}"
+        )
     print("decisions by second of the flight (arrival time):")
     for second, counts in outcomes_by_second(run).items():
         print(f"  {second:3d}: {dict(counts)}")
@@ -117,14 +124,17 @@ def check_exact_accounting(run: Run) -> None:
 
 
 async def test_even_pacing_follows_the_curve_and_spends_the_budget(
-        pacer_server: PacerServer, client: httpx.AsyncClient) -> None:
+    pacer_server: PacerServer, client: httpx.AsyncClient
+) -> None:
     run = await fly(pacer_server, client, "even-1", "even", budget_share=0.25, seed=11)
     report("even pacing, budget 25% of unpaced", run)
     ex = run.exchange
     worst = max(ex.samples, key=lambda s: abs(deviation(s, run.budget)))
     delivery = run.spent / run.budget
-    print(f"delivery {delivery:.4f}; max |deviation| {abs(deviation(worst, run.budget)):.4f} of budget "
-          f"at {worst.at - run.start:.1f}s (elapsed {worst.elapsed:.3f}); samples {len(ex.samples)}")
+    print(
+        f"delivery {delivery:.4f}; max |deviation| {abs(deviation(worst, run.budget)):.4f} of budget "
+        f"at {worst.at - run.start:.1f}s (elapsed {worst.elapsed:.3f}); samples {len(ex.samples)}"
+    )
 
     check_exact_accounting(run)
     assert run.spent <= run.budget, "zero overspend"
@@ -147,13 +157,18 @@ async def test_asap_exhausts_early_without_overspend(pacer_server: PacerServer, 
     # exactly; "exhausted" here is "99% spent" (state "exhausted" needs spent == budget to the micro).
     spent_out = [s for s in ex.samples if s.state == "exhausted" or s.spent >= EXHAUSTED_SHARE * run.budget]
     first = spent_out[0] if spent_out else None
-    after = [outcome for i, outcome in ex.decisions if first is not None and ex.t0 + ex.auctions.arrival[i] > first.at
-             and outcome != "not_active"]
+    after = [
+        outcome
+        for i, outcome in ex.decisions
+        if first is not None and ex.t0 + ex.auctions.arrival[i] > first.at and outcome != "not_active"
+    ]
     bid_share_after = after.count("bid") / max(1, len(after))
-    print(f"first sample with >= {EXHAUSTED_SHARE:.0%} spent: "
-          f"{'never' if first is None else f'{first.at - run.start:.1f}s, elapsed {first.elapsed:.3f}'}; "
-          f"states seen {sorted({s.state for s in ex.samples})}; remaining at the end {run.budget - run.spent}; "
-          f"after that sample {after.count('bid')} of {len(after)} auctions got a (residual) bid")
+    print(
+        f"first sample with >= {EXHAUSTED_SHARE:.0%} spent: "
+        f"{'never' if first is None else f'{first.at - run.start:.1f}s, elapsed {first.elapsed:.3f}'}; "
+        f"states seen {sorted({s.state for s in ex.samples})}; remaining at the end {run.budget - run.spent}; "
+        f"after that sample {after.count('bid')} of {len(after)} auctions got a (residual) bid"
+    )
 
     check_exact_accounting(run)
     assert run.spent <= run.budget, "zero overspend"

@@ -29,13 +29,25 @@ def serve(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
     """`pacer serve` with these PACER_* variables; it is expected to refuse to start (else it is stopped)."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith("PACER_")}
     clean.update(env, PYTHONPATH=str(REPO), PACER_LOG_URL="")
-    return subprocess.run([sys.executable, "-m", "pacer.cli", "serve", "--port", "0"], cwd=tmp_path, env=clean,
-                          capture_output=True, text=True, timeout=START_TIMEOUT_S)
+    return subprocess.run(
+        [sys.executable, "-m", "pacer.cli", "serve", "--port", "0"],
+        cwd=tmp_path,
+        env=clean,
+        capture_output=True,
+        text=True,
+        timeout=START_TIMEOUT_S,
+    )
 
 
-@pytest.mark.parametrize("env", [{"PACER_OPERATOR_TOKEN": ""}, {"PACER_OPERATOR_TOKEN": "  \t"},
-                                 {"PACER_OPERATOR_TOKEN": "ok", "PACER_BIDDER_TOKEN": " "}],
-                         ids=["empty", "whitespace", "empty-bidder-token"])
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"PACER_OPERATOR_TOKEN": ""},
+        {"PACER_OPERATOR_TOKEN": "  \t"},
+        {"PACER_OPERATOR_TOKEN": "ok", "PACER_BIDDER_TOKEN": " "},
+    ],
+    ids=["empty", "whitespace", "empty-bidder-token"],
+)
 def test_an_empty_token_refuses_to_start(tmp_path: Path, env: dict[str, str]) -> None:
     done = serve(tmp_path, **env)
     assert done.returncode == 2, done.stderr
@@ -67,8 +79,10 @@ async def test_readyz_is_503_while_the_store_cannot_write(tmp_path: Path) -> Non
         pid = server.proc.pid
         async with httpx.AsyncClient(base_url=server.url, timeout=10.0) as client:
             now = time.time()
-            body = {"budget_micros": 10**9, "period": {"type": "flight", "start": rfc3339(now - 60),
-                                                       "end": rfc3339(now + 3600)}}
+            body = {
+                "budget_micros": 10**9,
+                "period": {"type": "flight", "start": rfc3339(now - 60), "end": rfc3339(now + 3600)},
+            }
             resp = await client.put("/v1/bidders/b1", json=body, headers=server.operator_headers())
             assert resp.status_code == 201, resp.text
             soft, hard = resource.prlimit(pid, resource.RLIMIT_FSIZE)

@@ -63,17 +63,20 @@ def history(root: Path, bidder_id: str, days: float, per_day: int, seed: int = 5
     won = market <= bid
     ids = np.array([f"h{i}" for i in range(n)], dtype=object)
     ms = np.round(ts * 1000).astype(np.int64)
-    table = pa.table({
-        "ts": pa.array(np.concatenate([ms, ms[won] + 500]), pa.timestamp("ms", tz="UTC")),
-        "kind": [BID] * n + [WIN] * int(won.sum()),
-        "bidder_id": [bidder_id] * (n + int(won.sum())),
-        "auction_id": np.concatenate([ids, ids[won]]).tolist(),
-        "bid_micros": pa.array([*bid.tolist(), *[None] * int(won.sum())], pa.int64()),
-        "granted_micros": pa.array([*bid.tolist(), *[None] * int(won.sum())], pa.int64()),
-        "reason": pa.array([None] * (n + int(won.sum())), pa.string()),
-        "price_micros": pa.array([*[None] * n, *market[won].tolist()], pa.int64()),
-        "sample": np.ones(n + int(won.sum())),
-    }, schema=SCHEMA)
+    table = pa.table(
+        {
+            "ts": pa.array(np.concatenate([ms, ms[won] + 500]), pa.timestamp("ms", tz="UTC")),
+            "kind": [BID] * n + [WIN] * int(won.sum()),
+            "bidder_id": [bidder_id] * (n + int(won.sum())),
+            "auction_id": np.concatenate([ids, ids[won]]).tolist(),
+            "bid_micros": pa.array([*bid.tolist(), *[None] * int(won.sum())], pa.int64()),
+            "granted_micros": pa.array([*bid.tolist(), *[None] * int(won.sum())], pa.int64()),
+            "reason": pa.array([None] * (n + int(won.sum())), pa.string()),
+            "price_micros": pa.array([*[None] * n, *market[won].tolist()], pa.int64()),
+            "sample": np.ones(n + int(won.sum())),
+        },
+        schema=SCHEMA,
+    )
     write_log(root, table, writer="history")
     return n
 
@@ -91,10 +94,18 @@ async def until(check: Callable[[], Awaitable[Any]], timeout: float = WAIT_S, wh
 
 
 def refit_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("PACER_")},
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    return subprocess.run([sys.executable, "-m", "pacer.cli", "refit", *args], capture_output=True, text=True,
-                          env=env, timeout=300, check=False)
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("PACER_")},
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "pacer.cli", "refit", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
+    )
 
 
 async def model_of(client: httpx.AsyncClient, bidder_id: str) -> dict[str, Any]:
@@ -114,8 +125,9 @@ async def test_published_models_are_used_and_a_bad_fit_never_replaces_a_good_one
     logs, tiny = tmp_path / "history", tmp_path / "tiny"
     n = history(logs, "b1", days=3, per_day=PER_DAY)
     history(tiny, "b1", days=0.01, per_day=PER_DAY, seed=6)  # ~60 decisions: too little to fit
-    server = started(tmp_path, "pacer", {"PACER_REFIT_S": "0", "PACER_SYNC_MS": "100",
-                                         "PACER_LOG_URL": str(tmp_path / "own-log")})
+    server = started(
+        tmp_path, "pacer", {"PACER_REFIT_S": "0", "PACER_SYNC_MS": "100", "PACER_LOG_URL": str(tmp_path / "own-log")}
+    )
     store = f"sqlite:///{server.db}"
     try:
         await server.wait_ready()
@@ -171,26 +183,29 @@ async def _last_fit_failed(client: httpx.AsyncClient, bidder_id: str) -> dict[st
 async def test_the_service_logs_every_decision_and_outcome_and_refits_by_itself(tmp_path: Path) -> None:
     logs = tmp_path / "log"
     history(logs, "b1", days=2, per_day=PER_DAY)
-    server = started(tmp_path, "pacer", {"PACER_REFIT_S": "1", "PACER_LOG_URL": str(logs),
-                                         "PACER_LOG_FLUSH_S": "0.2"})
+    server = started(tmp_path, "pacer", {"PACER_REFIT_S": "1", "PACER_LOG_URL": str(logs), "PACER_LOG_FLUSH_S": "0.2"})
     try:
         await server.wait_ready()
         async with httpx.AsyncClient(base_url=server.url, timeout=10.0) as client:
             assert (await client.put("/v1/bidders/b1", json=BIDDER, headers=HEADERS)).status_code == 201
             ids = [f"live{i}" for i in range(50)]
             for aid in ids:
-                assert (await client.post("/v1/bid", json={"bidder_id": "b1", "auction_id": aid,
-                                                           "bid_micros": 2000})).status_code == 200
+                assert (
+                    await client.post("/v1/bid", json={"bidder_id": "b1", "auction_id": aid, "bid_micros": 2000})
+                ).status_code == 200
             batch = {"requests": [{"bidder_id": "nobody", "auction_id": f"x{i}", "bid_micros": 10} for i in range(5)]}
             assert (await client.post("/v1/bids", json=batch)).status_code == 200
-            events = [{"type": "win", "bidder_id": "b1", "auction_id": ids[0], "price_micros": 900},
-                      {"type": "win", "bidder_id": "b1", "auction_id": ids[0], "price_micros": 900},
-                      {"type": "loss", "bidder_id": "b1", "auction_id": ids[1]}]
+            events = [
+                {"type": "win", "bidder_id": "b1", "auction_id": ids[0], "price_micros": 900},
+                {"type": "win", "bidder_id": "b1", "auction_id": ids[0], "price_micros": 900},
+                {"type": "loss", "bidder_id": "b1", "auction_id": ids[1]},
+            ]
             assert (await client.post("/v1/events", json={"events": events})).status_code == 200
 
             def live_rows() -> list[dict[str, Any]]:
                 table = ds.dataset(logs, format="parquet", partitioning="hive").to_table(
-                    filter=ds.field("auction_id").isin([*ids, *(f"x{i}" for i in range(5))]))
+                    filter=ds.field("auction_id").isin([*ids, *(f"x{i}" for i in range(5))])
+                )
                 return table.to_pylist()
 
             async def all_logged() -> list[dict[str, Any]] | None:
@@ -201,8 +216,9 @@ async def test_the_service_logs_every_decision_and_outcome_and_refits_by_itself(
             decisions = [r for r in rows if r["kind"] == "bid"]
             assert {r["auction_id"] for r in decisions if r["bidder_id"] == "b1"} == set(ids)
             assert not [r for r in rows if r["bidder_id"] == "nobody"]
-            assert all(r["bid_micros"] == 2000 and r["granted_micros"] <= 2000 for r in decisions
-                       if r["bidder_id"] == "b1")
+            assert all(
+                r["bid_micros"] == 2000 and r["granted_micros"] <= 2000 for r in decisions if r["bidder_id"] == "b1"
+            )
             assert sorted(r["kind"] for r in rows if r["kind"] != "bid") == ["loss", "win", "win"]
 
             model = await until(lambda: _fitted(client, "b1"), what="the background refit's model")
@@ -216,8 +232,7 @@ async def test_the_service_logs_every_decision_and_outcome_and_refits_by_itself(
         server.stop()
 
 
-async def test_fleet_refits_once_and_every_instance_uses_the_model(tmp_path: Path, redis_server: RedisServer
-                                                                   ) -> None:
+async def test_fleet_refits_once_and_every_instance_uses_the_model(tmp_path: Path, redis_server: RedisServer) -> None:
     logs = tmp_path / "log"
     history(logs, "b1", days=2, per_day=PER_DAY)
     env = {"PACER_REFIT_S": "1", "PACER_LOG_URL": str(logs), "PACER_SYNC_MS": "100"}
@@ -225,8 +240,10 @@ async def test_fleet_refits_once_and_every_instance_uses_the_model(tmp_path: Pat
     try:
         for s in servers:
             await s.wait_ready()
-        async with httpx.AsyncClient(base_url=servers[0].url, timeout=10.0) as first, \
-                httpx.AsyncClient(base_url=servers[1].url, timeout=10.0) as second:
+        async with (
+            httpx.AsyncClient(base_url=servers[0].url, timeout=10.0) as first,
+            httpx.AsyncClient(base_url=servers[1].url, timeout=10.0) as second,
+        ):
             assert (await first.put("/v1/bidders/b1", json=BIDDER, headers=HEADERS)).status_code == 201
             for c in (first, second):
                 await until(lambda c=c: _fitted(c, "b1"), what="the fleet's model")
@@ -239,8 +256,7 @@ async def test_fleet_refits_once_and_every_instance_uses_the_model(tmp_path: Pat
             assert models[0]["fitted_at"] == models[1]["fitted_at"] and models[0]["version"] >= 1
             texts = [(await c.get("/metrics")).text for c in (first, second)]
             runs = [_counter(t, 'pacer_refits_total{result="ok"}') for t in texts]
-            print(f"\nrefits run: {runs}; both instances use model versions "
-                  f"{[m['version'] for m in models]}")
+            print(f"\nrefits run: {runs}; both instances use model versions {[m['version'] for m in models]}")
             assert sum(runs) >= 1
     finally:
         for s in servers:
@@ -257,16 +273,16 @@ def _counter(text: str, name: str) -> float:
 async def test_an_unwritable_log_never_stops_bidding(tmp_path: Path) -> None:
     blocked = tmp_path / "not-a-folder"
     blocked.write_text("a file where the log folder should be")
-    server = started(tmp_path, "pacer", {"PACER_REFIT_S": "0", "PACER_LOG_URL": str(blocked),
-                                         "PACER_LOG_FLUSH_S": "0.2"})
+    server = started(
+        tmp_path, "pacer", {"PACER_REFIT_S": "0", "PACER_LOG_URL": str(blocked), "PACER_LOG_FLUSH_S": "0.2"}
+    )
     try:
         await server.wait_ready()
         async with httpx.AsyncClient(base_url=server.url, timeout=10.0) as client:
             assert (await client.put("/v1/bidders/b1", json=BIDDER, headers=HEADERS)).status_code == 201
 
             async def degraded() -> dict[str, Any] | None:
-                response = await client.post("/v1/bid", json={"bidder_id": "b1", "auction_id": "a",
-                                                               "bid_micros": 2000})
+                response = await client.post("/v1/bid", json={"bidder_id": "b1", "auction_id": "a", "bid_micros": 2000})
                 assert response.status_code == 200
                 ready = await client.get("/readyz")
                 body: dict[str, Any] = ready.json()

@@ -32,9 +32,14 @@ def test_rows_land_in_date_and_hour_partitions_with_the_schema(tmp_path: Path) -
     for path in tmp_path.rglob("*.parquet"):
         assert ds.dataset(path).schema.equals(SCHEMA)
     rows = read(tmp_path)
-    assert [(r["kind"], r["auction_id"], r["bid_micros"], r["granted_micros"], r["reason"], r["price_micros"])
-            for r in rows] == [("bid", "a1", 2000, 1500, None, None), ("bid", "a2", 2000, 0, "paced", None),
-                               ("win", "a1", None, None, None, 900), ("loss", "a3", None, None, None, None)]
+    assert [
+        (r["kind"], r["auction_id"], r["bid_micros"], r["granted_micros"], r["reason"], r["price_micros"]) for r in rows
+    ] == [
+        ("bid", "a1", 2000, 1500, None, None),
+        ("bid", "a2", 2000, 0, "paced", None),
+        ("win", "a1", None, None, None, 900),
+        ("loss", "a3", None, None, None, None),
+    ]
     assert rows[1]["ts"].timestamp() == T0 + 11.5
     assert log.written_rows == 4 and log.pending == 0 and log.ok
 

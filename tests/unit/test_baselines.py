@@ -36,8 +36,17 @@ EVEN_RATE = B / L
 PACED = ("throttle", "pid", "dual", "mystique")
 
 
-def inputs(n: int, spent: object, paid: object, mode: object = EVEN, active: object = True, budget: object = B,
-           start: object = 0.0, end: object = L, **cols: object) -> TickInputs:
+def inputs(
+    n: int,
+    spent: object,
+    paid: object,
+    mode: object = EVEN,
+    active: object = True,
+    budget: object = B,
+    start: object = 0.0,
+    end: object = L,
+    **cols: object,
+) -> TickInputs:
     """One tick's inputs for n slots; each argument (and any other column in `cols`) is a scalar or an array."""
 
     def col(v: object) -> np.ndarray:
@@ -46,7 +55,10 @@ def inputs(n: int, spent: object, paid: object, mode: object = EVEN, active: obj
     given = {
         "active": np.broadcast_to(np.asarray(active, dtype=np.bool_), (n,)).copy(),
         "mode": np.broadcast_to(np.asarray(mode, dtype=np.int8), (n,)).copy(),
-        "budget": col(budget), "spent": col(spent), "start": col(start), "end": col(end),
+        "budget": col(budget),
+        "spent": col(spent),
+        "start": col(start),
+        "end": col(end),
         "settled_spent": col(paid),
         **{k: col(v) for k, v in cols.items()},
     }
@@ -155,8 +167,10 @@ def test_asap_and_inactive_slots_bid_in_full(name: str) -> None:
         assert law.throttle[1] == law.multiplier[1] == law.throttle[2] == law.multiplier[2] == 1.0
     assert seen[0] < 1.0 and seen[3] < 1.0
     # A paced slot that goes inactive (paused, exhausted) bids in full at once; so does one switched to ASAP.
-    feed.kw = {"mode": np.array([ASAP, ASAP, EVEN, FRONTLOAD], dtype=np.int8),
-               "active": np.array([True, True, False, False])}
+    feed.kw = {
+        "mode": np.array([ASAP, ASAP, EVEN, FRONTLOAD], dtype=np.int8),
+        "active": np.array([True, True, False, False]),
+    }
     feed.run(1, 4 * EVEN_RATE)
     assert np.all(law.throttle[:4] == 1.0) and np.all(law.multiplier[:4] == 1.0)
 
@@ -230,8 +244,16 @@ def test_throttle_plans_the_next_slot_on_each_bidders_own_curve() -> None:
         paid = np.full(2, 4 * EVEN_RATE * dt)
         spent += paid
         now_w = 100.0 * t / L  # on the even pace so far...
-        x = inputs(2, spent, paid, mode=np.array([EVEN, TRAFFIC]), weight_start=0.0, weight_end=100.0,
-                   weight_now=now_w, weight_ahead=now_w + 3 * 100.0 * 60 / L)  # ...then 3x for a minute
+        x = inputs(
+            2,
+            spent,
+            paid,
+            mode=np.array([EVEN, TRAFFIC]),
+            weight_start=0.0,
+            weight_end=100.0,
+            weight_now=now_w,
+            weight_ahead=now_w + 3 * 100.0 * 60 / L,
+        )  # ...then 3x for a minute
         law.update(float(t), dt, x)
     assert law.throttle[0] == pytest.approx((B - spent[0]) / (L - 60.0) / (4 * EVEN_RATE))
     assert law.throttle[1] == pytest.approx(3 * law.throttle[0])
@@ -356,8 +378,9 @@ def test_mystique_ends_at_and_restarts_from_the_average_signal() -> None:
 # --- closed loop through the real engine ---------------------------------------------------------------------
 
 
-def closed_loop(law: ControlLaw, seed: int = 7, length: float = 3600.0, rate: float = 10.0,
-                share: float = 0.2) -> dict[str, float]:
+def closed_loop(
+    law: ControlLaw, seed: int = 7, length: float = 3600.0, rate: float = 10.0, share: float = 0.2
+) -> dict[str, float]:
     """One even-paced bidder over a second-price market: Poisson auctions, lognormal values and competing bids,
     a win when the granted bid reaches the competing bid, charged at once; the engine ticks every 1 s."""
     rng = np.random.default_rng(seed)

@@ -8,14 +8,27 @@ from pacer.controller import Controller, ControlParams, TickInputs
 from pacer.curves import ASAP, EVEN
 
 
-def inputs(n: int, mode: int, spent: float, won: float = 0.0, wins: float = 0.0, budget: float = 1e6,
-           end: float = 1000.0) -> TickInputs:
+def inputs(
+    n: int, mode: int, spent: float, won: float = 0.0, wins: float = 0.0, budget: float = 1e6, end: float = 1000.0
+) -> TickInputs:
     z = np.zeros(n)
     return TickInputs(
-        active=np.ones(n, dtype=np.bool_), mode=np.full(n, mode, dtype=np.int8), budget=np.full(n, budget),
-        spent=np.full(n, spent), reserved=z, holdback=z, start=z, end=np.full(n, end), weight_now=z,
-        weight_ahead=z, weight_start=z, weight_end=z, settled_spent=np.full(n, won), unmatched_spent=z,
-        wins=np.full(n, wins), seen=z,
+        active=np.ones(n, dtype=np.bool_),
+        mode=np.full(n, mode, dtype=np.int8),
+        budget=np.full(n, budget),
+        spent=np.full(n, spent),
+        reserved=z,
+        holdback=z,
+        start=z,
+        end=np.full(n, end),
+        weight_now=z,
+        weight_ahead=z,
+        weight_start=z,
+        weight_end=z,
+        settled_spent=np.full(n, won),
+        unmatched_spent=z,
+        wins=np.full(n, wins),
+        seen=z,
     )
 
 

@@ -65,11 +65,14 @@ def test_a_model_gives_the_bidder_its_own_curve_and_status(model: dict[str, Any]
     assert eng.bidders["big"].curve_row == row  # a bidder configured again gets its model again
 
 
-@pytest.mark.parametrize("break_it", [
-    lambda d: d["traffic_by_slot"].__setitem__(0, math.nan),
-    lambda d: d["landscape"]["win_rate"].reverse(),
-    lambda d: d.__setitem__("traffic_by_slot", d["traffic_by_slot"][:100]),
-])
+@pytest.mark.parametrize(
+    "break_it",
+    [
+        lambda d: d["traffic_by_slot"].__setitem__(0, math.nan),
+        lambda d: d["landscape"]["win_rate"].reverse(),
+        lambda d: d.__setitem__("traffic_by_slot", d["traffic_by_slot"][:100]),
+    ],
+)
 def test_a_bad_model_is_refused_and_the_good_one_stays(model: dict[str, Any], break_it: Any) -> None:
     eng = engine(ManualClock(T0))
     eng.configure("big", DAILY)

@@ -26,7 +26,8 @@ BID = 1_000
 
 
 async def test_grants_while_a_sync_is_in_flight_stay_within_the_floor_asked_for(
-        redis_server: RedisServer, tmp_path: Path) -> None:
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
     clock = ManualClock(time.time())
     store = RedisStore.from_url(redis_server.url, tmp_path / "journal")
     await store.open()
@@ -74,7 +75,8 @@ async def test_grants_while_a_sync_is_in_flight_stay_within_the_floor_asked_for(
 
 
 async def test_operator_writes_on_two_instances_never_undo_each_other(
-        redis_server: RedisServer, tmp_path: Path) -> None:
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
     """Issue 12: each instance read-modify-wrote the config it knew; a budget change on one instance undid a pause
     made on another since its last sync, and could resurrect a bidder deleted there. Redis now checks the version
     each write was based on; the loser re-reads the bidder and applies its change to what is current."""
@@ -104,6 +106,7 @@ async def test_operator_writes_on_two_instances_never_undo_each_other(
             assert stored.config["budget_micros"] == 2 * BUDGET
         assert b.engine.bidders["b1"].config.paused, "b applied its change to the current config"
         await a.delete("b1")
+
         def patch(old: BidderConfig | None) -> BidderConfig:  # as PATCH does: the bidder must exist
             if old is None:
                 raise BidderNotFound("b1")
@@ -144,7 +147,8 @@ async def _charge(engine: Engine, store: RedisStore, auction_id: str, price: int
 
 
 async def test_a_win_counted_while_a_sync_is_in_flight_is_in_the_spend_once_in_either_order(
-        redis_server: RedisServer, tmp_path: Path) -> None:
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
     """Issue 13: wins are counted in Redis before their 200, so a sync's fleet spend may or may not hold a win whose
     answer the instance is still waiting for, or has just charged. Either way the ledger's spend must end up exactly
     Redis's: not twice (the sync read it, then the event charged it), not never (charged, then a sync read from
@@ -195,8 +199,11 @@ async def test_a_win_counted_while_a_sync_is_in_flight_is_in_the_spend_once_in_e
         await syncing
         assert ledger.spent == 1_507, "a fleet spend read before the win must not drop it"
         await fleet.sync()
-        assert ledger.spent == 1_507 == (await store.load_spend([("b1", engine.period_key("b1"))]))[
-            ("b1", engine.period_key("b1"))]
+        assert (
+            ledger.spent
+            == 1_507
+            == (await store.load_spend([("b1", engine.period_key("b1"))]))[("b1", engine.period_key("b1"))]
+        )
     finally:
         await store.close()
         await other_store.close()

@@ -18,8 +18,9 @@ from pacer import logs
 def _restore_logging() -> Iterator[None]:
     """dictConfig changes process-wide loggers: put them back, so caplog elsewhere still sees pacer's records."""
     names = ("pacer", "uvicorn", "uvicorn.error", "uvicorn.access")
-    saved = {n: (logging.getLogger(n).handlers[:], logging.getLogger(n).propagate, logging.getLogger(n).level)
-             for n in names}
+    saved = {
+        n: (logging.getLogger(n).handlers[:], logging.getLogger(n).propagate, logging.getLogger(n).level) for n in names
+    }
     yield
     for name, (handlers, propagate, level) in saved.items():
         logger = logging.getLogger(name)

@@ -37,8 +37,11 @@ def tiny_log(last_market: int = 3000) -> AuctionLog:
     """Four auctions in a one-hour flight: (t, bid, market)."""
     rows = [(100, 3000, 2000), (200, 1000, 1500), (1900, 5000, 4000), (3000, 6000, last_market)]
     return AuctionLog.from_columns(
-        [T0 + t for t, _, _ in rows], ["b"] * 4, [f"a{i}" for i in range(4)],
-        [b for _, b, _ in rows], [m for _, _, m in rows],
+        [T0 + t for t, _, _ in rows],
+        ["b"] * 4,
+        [f"a{i}" for i in range(4)],
+        [b for _, b, _ in rows],
+        [m for _, _, m in rows],
     )
 
 
@@ -128,22 +131,26 @@ def test_csv_with_rfc3339_and_parquet_with_epoch_ms_read_the_same(tmp_path: Path
     log = tiny_log()
     log.write(tmp_path / "a.parquet")
     lines = ["ts,bidder_id,auction_id,bid_micros,market_micros"]
-    lines += [f"{rfc3339(t)},b,{a},{b},{m}" for t, a, b, m in zip(log.ts, log.auction_id, log.bid, log.market,
-                                                                   strict=True)]
+    lines += [
+        f"{rfc3339(t)},b,{a},{b},{m}" for t, a, b, m in zip(log.ts, log.auction_id, log.bid, log.market, strict=True)
+    ]
     (tmp_path / "a.csv").write_text("\n".join(lines) + "\n")
     for got in (read_log(tmp_path / "a.parquet"), read_log(tmp_path / "a.csv")):
         assert got.bidders == ["b"] and got.auction_id.tolist() == log.auction_id.tolist()
         assert np.allclose(got.ts, log.ts) and got.bid.tolist() == log.bid.tolist()
 
 
-@pytest.mark.parametrize(("text", "expected"), [
-    ("ts,bidder_id,auction_id,bid_micros\n1,b,a,1\n", "missing column(s) market_micros"),
-    ("ts,bidder_id,auction_id,bid_micros,market_micros\n1,b,a,-5,1\n", "column bid_micros: -5 at row 1"),
-    ("ts,bidder_id,auction_id,bid_micros,market_micros\n1,b,a,1.5,1\n", "column bid_micros: integer micros"),
-    ("ts,bidder_id,auction_id,bid_micros,market_micros\nyesterday,b,a,1,1\n", "column ts: 'yesterday' at row 1"),
-    ("ts,bidder_id,auction_id,bid_micros,market_micros\n2027-01-01T00:00:00,b,a,1,1\n", "with an offset"),
-    ("ts,bidder_id,auction_id,bid_micros,market_micros\n1,b,a,1,1\n2,,a,1,1\n", "bidder_id: empty value at row 2"),
-])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("ts,bidder_id,auction_id,bid_micros\n1,b,a,1\n", "missing column(s) market_micros"),
+        ("ts,bidder_id,auction_id,bid_micros,market_micros\n1,b,a,-5,1\n", "column bid_micros: -5 at row 1"),
+        ("ts,bidder_id,auction_id,bid_micros,market_micros\n1,b,a,1.5,1\n", "column bid_micros: integer micros"),
+        ("ts,bidder_id,auction_id,bid_micros,market_micros\nyesterday,b,a,1,1\n", "column ts: 'yesterday' at row 1"),
+        ("ts,bidder_id,auction_id,bid_micros,market_micros\n2027-01-01T00:00:00,b,a,1,1\n", "with an offset"),
+        ("ts,bidder_id,auction_id,bid_micros,market_micros\n1,b,a,1,1\n2,,a,1,1\n", "bidder_id: empty value at row 2"),
+    ],
+)
 def test_a_bad_log_names_the_column_and_row(tmp_path: Path, text: str, expected: str) -> None:
     path = tmp_path / "bad.csv"
     path.write_text(text)
@@ -164,8 +171,11 @@ def test_bidders_file_is_validated_like_the_operator_api(tmp_path: Path) -> None
     path = tmp_path / "b.json"
     path.write_text(json.dumps({"x": good}))
     assert load_bidders(path)["x"].budget_micros == 1000
-    for bad, where in (({**good, "budget_micros": 0}, "x.budget_micros"), ({**good, "pace": "even"}, "x.pace"),
-                       ({**good, "period": {"type": "daily", "timezone": "Mars/Base"}}, "x.period.timezone")):
+    for bad, where in (
+        ({**good, "budget_micros": 0}, "x.budget_micros"),
+        ({**good, "pace": "even"}, "x.pace"),
+        ({**good, "period": {"type": "daily", "timezone": "Mars/Base"}}, "x.period.timezone"),
+    ):
         path.write_text(json.dumps({"x": bad}))
         with pytest.raises(BiddersError, match=where.replace(".", r"\.")):
             load_bidders(path)
@@ -176,11 +186,19 @@ def test_a_log_with_an_unconfigured_bidder_is_refused() -> None:
         replay(tiny_log(), {"other": tiny_config()["b"]}, PRIOR)
 
 
-@pytest.mark.parametrize(("spec", "field"), [
-    ("bidders=0", "spec.bidders"), ("shape=square", "spec.shape"), ("colour=red", "unknown field"),
-    ("budget_fractions=[2]", "spec.budget_fractions"), ("start=tomorrow", "spec.start"), ("days=x", "spec.days"),
-    ("timezone=Mars/Base", "spec.timezone"), ("shock=1", "spec.shock"),
-])
+@pytest.mark.parametrize(
+    ("spec", "field"),
+    [
+        ("bidders=0", "spec.bidders"),
+        ("shape=square", "spec.shape"),
+        ("colour=red", "unknown field"),
+        ("budget_fractions=[2]", "spec.budget_fractions"),
+        ("start=tomorrow", "spec.start"),
+        ("days=x", "spec.days"),
+        ("timezone=Mars/Base", "spec.timezone"),
+        ("shock=1", "spec.shock"),
+    ],
+)
 def test_a_bad_spec_names_the_field(spec: str, field: str) -> None:
     with pytest.raises(SpecError, match=field):
         SyntheticSpec.parse(spec)
@@ -198,8 +216,7 @@ def test_synthetic_traffic_has_the_asked_shape_and_budgets() -> None:
 
 def test_shock_triples_the_ten_oclock_hour_and_raises_competing_bids_from_noon() -> None:
     base, _ = generate(SyntheticSpec.parse("bidders=1,shape=flat,auctions_per_day=100000,seed=1"), MODELS)
-    shock, _ = generate(SyntheticSpec.parse("bidders=1,shape=flat,auctions_per_day=100000,seed=1,shock=true"),
-                        MODELS)
+    shock, _ = generate(SyntheticSpec.parse("bidders=1,shape=flat,auctions_per_day=100000,seed=1,shock=true"), MODELS)
 
     def hourly(log: AuctionLog) -> np.ndarray:
         return np.bincount(((log.ts - T_SPEC) // 3600).astype(int), minlength=24)

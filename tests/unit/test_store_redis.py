@@ -46,8 +46,11 @@ async def sync_one(store: RedisStore, request: LeaseRequest, ttl_ms: int = TTL_M
 
 
 def state(server: RedisServer | RedisCluster, bidder_id: str = "b1") -> dict[str, str]:
-    client = (redis_sync.RedisCluster.from_url(server.url) if isinstance(server, RedisCluster)
-              else redis_sync.Redis.from_url(server.url))
+    client = (
+        redis_sync.RedisCluster.from_url(server.url)
+        if isinstance(server, RedisCluster)
+        else redis_sync.Redis.from_url(server.url)
+    )
     try:
         raw = client.hgetall(f"pacer:{{{bidder_id}}}:b")
         return {k.decode(): v.decode() for k, v in raw.items()}
@@ -163,9 +166,9 @@ async def test_concurrent_events_at_several_instances_count_overlapping_wins_onc
     await stores[0].put_bidder(record("b1", 10**9))
     wins = [win(f"a{k}", 1 + k) for k in range(200)]
     # Every instance got an overlapping half of the notices, in batches of 10, all at once.
-    calls = [s.record_wins(wins[lo: lo + 10]) for n, s in enumerate(stores) for lo in range(n * 33, n * 33 + 100, 10)]
+    calls = [s.record_wins(wins[lo : lo + 10]) for n, s in enumerate(stores) for lo in range(n * 33, n * 33 + 100, 10)]
     answers = await asyncio.gather(*calls)
-    seen = {w.auction_id for n in range(4) for w in wins[n * 33: n * 33 + 100]}
+    seen = {w.auction_id for n in range(4) for w in wins[n * 33 : n * 33 + 100]}
     expected = sum(w.price_micros for w in wins if w.auction_id in seen)
     assert sum(sum(a) for a in answers) == len(seen), "each win new at exactly one instance"
     assert await stores[0].load_spend([("b1", PERIOD)]) == {("b1", PERIOD): expected}
@@ -245,11 +248,16 @@ async def test_dead_instance_lease_returns_after_its_ttl(open_store: Opener, red
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(steps=st.lists(st.tuples(st.integers(0, 2), st.integers(0, 400), st.floats(0, 1)), min_size=1, max_size=40),
-       budget=st.integers(1, 2_000))
+@given(
+    steps=st.lists(st.tuples(st.integers(0, 2), st.integers(0, 400), st.floats(0, 1)), min_size=1, max_size=40),
+    budget=st.integers(1, 2_000),
+)
 async def test_property_spent_plus_leases_never_above_budget(
-        tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServer,
-        steps: list[tuple[int, int, float]], budget: int) -> None:
+    tmp_path_factory: pytest.TempPathFactory,
+    redis_server: RedisServer,
+    steps: list[tuple[int, int, float]],
+    budget: int,
+) -> None:
     """Three instances each spend some of what they hold, then sync, in any order: spent + live leases stays
     within the budget, and spent is exactly the sum of the wins."""
     folder = tmp_path_factory.mktemp("prop")
@@ -306,7 +314,8 @@ async def test_scripts_reload_after_script_flush(open_store: Opener, redis_serve
 
 
 async def test_every_call_survives_a_restart_that_left_stale_pooled_connections(
-        open_store: Opener, redis_server: RedisServer) -> None:
+    open_store: Opener, redis_server: RedisServer
+) -> None:
     """redis-py retries single commands on a stale connection but not pipelines: each pipelined call must."""
     s = await open_store()
     await s.put_bidder(record("b1", 1_000))
@@ -322,6 +331,7 @@ async def test_every_call_survives_a_restart_that_left_stale_pooled_connections(
         redis_server.stop()
         redis_server.start()
         await call()
+
 
 async def test_redis_down_is_a_store_error_fast(open_store: Opener, redis_server: RedisServer) -> None:
     s = await open_store()
@@ -360,8 +370,7 @@ async def test_notices_are_relayed_to_the_other_instances(open_store: Opener) ->
     assert received == [[("b1", "auction-9", True), ("b1", "auction-10", False)]]
 
 
-async def test_a_lease_never_shrinks_below_the_open_reservations(open_store: Opener,
-                                                                redis_server: RedisServer) -> None:
+async def test_a_lease_never_shrinks_below_the_open_reservations(open_store: Opener, redis_server: RedisServer) -> None:
     """Short of budget, leases are shared in proportion to demand, but never below what an instance has already
     granted to the market: those reservations may all win."""
     a, b = await open_store("a"), await open_store("b")
@@ -387,8 +396,9 @@ async def test_wins_charged_elsewhere_are_reported_once_counted(open_store: Open
 # --- journal ----------------------------------------------------------------------------------------------------
 
 
-async def test_unsynced_wins_survive_a_restart_and_orphans_are_adopted(tmp_path: Path, open_store: Opener,
-                                                                      redis_server: RedisServer) -> None:
+async def test_unsynced_wins_survive_a_restart_and_orphans_are_adopted(
+    tmp_path: Path, open_store: Opener, redis_server: RedisServer
+) -> None:
     folder = tmp_path / "shared"
     first = RedisStore.from_url(redis_server.url, folder)
     await first.open()
@@ -445,8 +455,9 @@ def _per_bidder(store: RedisStore, ids: list[str]) -> list[LeaseRequest]:
     return [ask(b, 100, [w for w in pending if w.bidder_id == b]) for b in ids]
 
 
-async def test_overspend_bound_is_the_leases_of_instances_that_died_unsynced(tmp_path: Path,
-                                                                            redis_server: RedisServer) -> None:
+async def test_overspend_bound_is_the_leases_of_instances_that_died_unsynced(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
     """The documented worst case during an outage (README, "The fleet overspend bound"): N instances cut
     off from Redis spend their whole lease, acknowledge the wins from their journals and die before a sync gets
     through; their leases lapse and a survivor spends everything that is left; then their journals are replayed.
@@ -471,7 +482,8 @@ async def test_overspend_bound_is_the_leases_of_instances_that_died_unsynced(tmp
     # non-zero answer may free only one of them): wait, with a deadline, until all of what they held is free.
     deadline = time.monotonic() + 20.0
     while (second := await sync_one(survivor, ask("b1", budget, [win("s0", first.lease_micros)]))).lease_micros < sum(
-            held):
+        held
+    ):
         assert time.monotonic() < deadline, f"dead leases not lapsed: lease {second.lease_micros} of {sum(held)}"
         await asyncio.sleep(0.05)
     await sync_one(survivor, ask("b1", 0, [win("s1", second.lease_micros)]))
@@ -485,8 +497,9 @@ async def test_overspend_bound_is_the_leases_of_instances_that_died_unsynced(tmp
     assert spent - budget == sum(held) <= len(dead) * lease, "overspend is exactly the bound in its worst case"
 
 
-async def test_with_redis_up_a_dead_instance_leaves_nothing_uncounted(tmp_path: Path,
-                                                                     redis_server: RedisServer) -> None:
+async def test_with_redis_up_a_dead_instance_leaves_nothing_uncounted(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
     """Issue 13: with Redis reachable a win is counted there before its 200, and spends the lease it was won under.
     An instance that dies (and never comes back) leaves nothing in a journal and nothing to overspend: the
     fleet's spend is the sum of the acknowledged wins at once, and what its lease still held returns at expiry."""
@@ -516,8 +529,9 @@ async def test_with_redis_up_a_dead_instance_leaves_nothing_uncounted(tmp_path: 
     await survivor.close()
 
 
-async def test_a_bidder_redis_lost_has_its_wins_kept_in_the_journal(open_store: Opener,
-                                                                    redis_server: RedisServer) -> None:
+async def test_a_bidder_redis_lost_has_its_wins_kept_in_the_journal(
+    open_store: Opener, redis_server: RedisServer
+) -> None:
     """No state in Redis (lost data): the wins are not counted into nothing; they wait in the journal and ship
     once an operator restores the bidder."""
     s = await open_store()
@@ -555,7 +569,8 @@ async def test_a_journal_that_cannot_write_is_seen_and_so_is_its_recovery(open_s
 
 
 async def test_a_live_instance_takes_over_a_dead_siblings_journal_at_its_next_sync(
-        tmp_path: Path, redis_server: RedisServer) -> None:
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
     """Issue 13: a dead process's acknowledged wins reached Redis only when some process started on the same
     folder. Now every sync adopts the journals no live process holds (their flock is free once the holder dies)."""
     folder = tmp_path / "shared-journal"
