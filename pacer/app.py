@@ -67,7 +67,7 @@ def _error(exc: ApiError) -> JSONResponse:
 def _field(loc: tuple[int | str, ...]) -> str | None:
     parts = [str(p) for p in loc[1:]] if loc and loc[0] in ("body", "query", "path") else [str(p) for p in loc]
     # Drop pydantic's union tags ("flight"/"daily") so the field reads like the JSON path.
-    parts = [p for p in parts if p not in ("flight", "daily")]
+    parts = [p for p in parts if p not in ("flight", "daily", "[key]")]  # "[key]": a dict key was wrong
     out = ""
     for p in parts:
         out += f"[{p}]" if p.isdigit() else (f".{p}" if out else p)
@@ -353,12 +353,15 @@ class PacerApp:
     limit that needs no parsing is applied here, once: the operator token, the body size, bidder routes' JSON
     content type, ids in paths."""
 
-    def __init__(self, service: Service, fastapi: FastAPI, bidder_token: str | None, max_body: int) -> None:
+    def __init__(
+        self, service: Service, fastapi: FastAPI, bidder_token: str | None, max_body: int, max_bulk_body: int
+    ) -> None:
         self.service = service
         self.fastapi = fastapi
         self._bidder_token = bidder_token.encode() if bidder_token else None
         self._operator_token: bytes = fastapi.state.operator_token.encode()
         self._max_body = max_body
+        self._max_bulk_body = max_bulk_body  # PUT /v1/bidders: up to 10,000 bidders' settings
         engine, store = service.engine, service.store
 
         auction_log = service.log
@@ -416,7 +419,8 @@ class PacerApp:
             if b"%2f" in scope.get("raw_path", b"").lower():
                 # Routing sees the decoded path, where acme%2Fpause would be the pause route of bidder acme.
                 raise ApiError(404, "not_found", "a bidder id cannot contain '/' (%2F)", "bidder_id")
-        body = await _read_body(scope, receive, self._max_body)
+        bulk = path == "/v1/bidders" and scope.get("method") == "PUT"
+        body = await _read_body(scope, receive, max(self._max_body, self._max_bulk_body) if bulk else self._max_body)
         replayed = False
 
         async def replay() -> Message:
@@ -530,4 +534,6 @@ def create_app(settings: Settings | None = None) -> PacerApp:
         token, bidders = operator_token(settings), bidder_token(settings)
     except TokenError as exc:
         raise SystemExit(f"pacer: {exc}") from None
-    return PacerApp(service, build_fastapi(service, settings, token), bidders, settings.max_body_bytes)
+    return PacerApp(
+        service, build_fastapi(service, settings, token), bidders, settings.max_body_bytes, settings.max_bulk_body_bytes
+    )

@@ -51,6 +51,8 @@ class Settings(BaseSettings):
     # Any request body above this is refused (413) before it is read further: 1,000 events of ~200 bytes take a
     # fifth of it; an operator body is a few hundred bytes.
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024, le=64 * 1024 * 1024)
+    # A bulk PUT /v1/bidders of 10,000 bidders is ~2.5 MB: that route alone may take this much.
+    max_bulk_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024)
     # Connection guards (pacer/connections.py), per process. A request head (request line and headers) must arrive
     # within header_timeout_s of its first byte and be at most max_header_bytes (else 408 / 431, and closed).
     header_timeout_s: float = Field(default=10.0, gt=0, le=3600)

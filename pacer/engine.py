@@ -7,6 +7,7 @@ store: `win()` is called only for wins the store has durably recorded as new.
 
 from __future__ import annotations
 
+import bisect
 import math
 import random
 from collections.abc import Iterator
@@ -185,6 +186,7 @@ class Engine:
         self.delays = DelayTracker(self.params)
         self._random = (rng or random.Random()).random
         self.bidders: dict[str, Bidder] = {}
+        self.ids: list[str] = []  # the bidder ids, sorted: pages of GET /v1/bidders in O(log n + page)
         self._slots: list[Bidder | None] = []
         self._free: list[int] = []
         # Slots given to a new bidder while a stepped tick is under way: the row gathered for them belongs
@@ -220,6 +222,7 @@ class Engine:
             self._fresh.add(slot)
             bidder = Bidder(bidder_id, config, window, slot, spent, self.leased)
             self.bidders[bidder_id] = bidder
+            bisect.insort(self.ids, bidder_id)
             self._slots[slot] = bidder
             model = self.models.get(bidder_id)
             if model is not None:
@@ -240,6 +243,7 @@ class Engine:
         bidder = self.bidders.pop(bidder_id, None)
         if bidder is None:
             return False
+        del self.ids[bisect.bisect_left(self.ids, bidder_id)]
         self._slots[bidder.slot] = None
         self._free.append(bidder.slot)
         self.curves.release(bidder.curve_row)

@@ -54,6 +54,7 @@ TICK_STALE_TICKS, SYNC_STALE_SYNCS, STALE_MIN_S = 10, 2, 2.0  # /readyz: how old
 CONFLICT_RETRIES = 3  # fleet: a write that met a newer version re-reads the bidder and tries again this often
 LAG_PROBE_S = 0.1  # the event-loop lag probe's period
 LOG_STOP_S = 5.0  # at shutdown, how long the auction log may take to write what it holds
+SYNC_YIELD = 1000  # bidders configured between yields to bids (a bulk write of 10,000)
 
 
 def background_priority(pid: int | None = None) -> None:
@@ -485,20 +486,57 @@ class Service:
         BidderNotFound where the bidder must exist; `expect` is the version the client saw (If-Match; ANY_VERSION
         for `*`), else VersionMismatch. Durable before it takes effect."""
         async with self._lock:
-            for _ in range(CONFLICT_RETRIES):
-                self._check(bidder_id, expect)
-                bidder = self.engine.bidders.get(bidder_id)
-                config = change(bidder.config if bidder is not None else None)
-                known = self.versions.get(bidder_id, 0) if bidder is not None else 0
-                record = BidderRecord(bidder_id, config_to_json(config), known + 1, time.time())
-                try:
-                    version = await self._write("put", self.store.put_bidder(record))
-                except VersionConflict:
-                    await self._reread(bidder_id)
-                    continue
-                await self._run(bidder_id, config, version)
-                return bidder is None
-            raise StoreError(f"bidder {bidder_id!r} kept changing on other instances; retry")
+            return await self._update(bidder_id, change, expect)
+
+    async def _update(
+        self, bidder_id: str, change: Callable[[BidderConfig | None], BidderConfig], expect: int | None
+    ) -> bool:
+        for _ in range(CONFLICT_RETRIES):
+            self._check(bidder_id, expect)
+            bidder = self.engine.bidders.get(bidder_id)
+            config = change(bidder.config if bidder is not None else None)
+            try:
+                version = await self._write("put", self.store.put_bidder(self._record(bidder_id, config)))
+            except VersionConflict:
+                await self._reread(bidder_id)
+                continue
+            await self._run(bidder_id, config, version)
+            return bidder is None
+        raise StoreError(f"bidder {bidder_id!r} kept changing on other instances; retry")
+
+    def _record(self, bidder_id: str, config: BidderConfig) -> BidderRecord:
+        """The stored form of `config` as the next version of what this instance runs (version 1: a new bidder)."""
+        known = self.versions.get(bidder_id, 0) if bidder_id in self.engine.bidders else 0
+        return BidderRecord(bidder_id, config_to_json(config), known + 1, time.time())
+
+    async def update_many(self, changes: dict[str, Callable[[BidderConfig | None], BidderConfig]]) -> int:
+        """`update` for many bidders (bulk PUT): one store write for them all (a transaction on the embedded store,
+        a round trip per chunk on Redis), one read of their spend, then each runs here. Returns how many it created.
+        A bidder another instance changed meanwhile is re-read and written alone, as `update` does."""
+        async with self._lock:
+            configs = {
+                b: change(self.engine.bidders[b].config if b in self.engine.bidders else None)
+                for b, change in changes.items()
+            }
+            new = {b for b in configs if b not in self.engine.bidders}
+            records = [self._record(b, config) for b, config in configs.items()]
+            results = await self._write("put", self.store.put_bidders(records))
+            written = {r.bidder_id: v for r, v in zip(records, results, strict=True) if isinstance(v, int)}
+            now = self.engine.clock()
+            keys = {b: window_at(configs[b].period, now).key for b in written}
+            spend = await self.store.load_spend([(b, key) for b, key in keys.items()])
+            for n, (bidder_id, version) in enumerate(written.items()):
+                if n and n % SYNC_YIELD == 0:
+                    await asyncio.sleep(0)  # bids go on between chunks of a big batch
+                self.engine.configure(bidder_id, configs[bidder_id], spend[bidder_id, keys[bidder_id]])
+                self.versions[bidder_id] = version
+            for record, result in zip(records, results, strict=True):
+                if isinstance(result, VersionConflict):
+                    await self._reread(record.bidder_id)
+                    await self._update(record.bidder_id, changes[record.bidder_id], None)
+                elif not isinstance(result, int):
+                    raise result  # the fleet store lost this bidder: restore it first (409)
+            return sum(1 for b in new if b in self.engine.bidders)
 
     async def delete(self, bidder_id: str, expect: int | None = None) -> None:
         async with self._lock:

@@ -10,8 +10,11 @@ Every status a route answers with is in its `responses` (the error ones with the
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import bisect
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from functools import cache
 from typing import Annotated, Any, Literal
@@ -19,6 +22,7 @@ from zoneinfo import available_timezones
 
 import numpy as np
 from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.responses import StreamingResponse
 from fastapi.security import HTTPBearer
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from pydantic.config import JsonDict
@@ -30,6 +34,10 @@ from pacer.periods import PeriodError, parse_period, period_to_json, rfc3339
 from pacer.service import ANY_VERSION, BidderNotFound, Service
 
 MAX_BUDGET = 10**15  # $1B in micros: beyond any real budget, far from int64 overflow
+MAX_BULK = 10_000  # bidders per bulk PUT
+EXPORT_CHUNK = 1000  # bidders per chunk of the ndjson export
+BidderId = Annotated[str, Field(min_length=1, max_length=256)]
+BulkId = Annotated[str, Field(min_length=1, max_length=256, pattern="^[^/]+$")]  # a path segment: no '/'
 UNISSUED = -2  # the version an If-Match tag this API never issued names: it matches none (412)
 Pacing = Literal["asap", "even", "frontload", "traffic"]
 # Documented, not validated here: parse_period checks them (and names the field in its error). An instant is
@@ -92,6 +100,18 @@ class BidderIn(BaseModel):
     period: PeriodIn
     pacing: Pacing = "even"
     max_bid_micros: BidCap | None = None
+
+
+class BulkIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    bidders: Annotated[dict[BulkId, BidderIn], Field(min_length=1, max_length=MAX_BULK)] = Field(
+        description=f"bidder id -> the body of PUT /v1/bidders/{{id}}; 1..{MAX_BULK} per call"
+    )
+
+
+class BulkOut(BaseModel):
+    created: int
+    replaced: int
 
 
 class BidderPatch(BaseModel):
@@ -190,7 +210,6 @@ def _service(request: Request) -> Service:
 # only puts the scheme in the API document.
 router = APIRouter(prefix="/v1/bidders", tags=["operator"], dependencies=[Depends(_bearer)])
 ServiceDep = Annotated[Service, Depends(_service)]
-BidderId = Annotated[str, Field(min_length=1, max_length=256)]
 
 
 def _status(engine: Engine, bidder_id: str) -> BidderStatus:
@@ -282,7 +301,13 @@ async def put_bidder(
 ) -> BidderStatus:
     """Create (201) or replace (200) a bidder. Spend already recorded in the same period is kept; a paused bidder
     stays paused. With `If-Match`, only the version named is replaced (412 otherwise)."""
-    period = _period(body.period)
+    created = await service.update(bidder_id, _replacing(body, _period(body.period)), _if_match(request))
+    response.status_code = 201 if created else 200
+    return _answer(service, bidder_id, response)
+
+
+def _replacing(body: BidderIn, period: object) -> Callable[[BidderConfig | None], BidderConfig]:
+    """PUT's change: the new settings, keeping a pause."""
 
     def replace_config(old: BidderConfig | None) -> BidderConfig:
         return BidderConfig(
@@ -293,9 +318,24 @@ async def put_bidder(
             paused=old.paused if old is not None else False,
         )
 
-    created = await service.update(bidder_id, replace_config, _if_match(request))
-    response.status_code = 201 if created else 200
-    return _answer(service, bidder_id, response)
+    return replace_config
+
+
+@router.put("", response_model=BulkOut, responses=responses(400, 401, 409, 413, 422, 503))
+async def put_bidders(body: BulkIn, service: ServiceDep) -> BulkOut:
+    """Create or replace many bidders in one call, each as PUT /v1/bidders/{id} would (a paused one stays
+    paused). The whole body is validated first: one bad bidder is a 422 naming it (`bidders.<id>.<field>`) and
+    nothing changes. The embedded store then writes them all in one transaction; a fleet store writes each
+    bidder atomically, so a 503 midway can leave some written: the same call again is safe (a PUT)."""
+    changes = {}
+    for bidder_id, one in body.bidders.items():
+        try:
+            period = parse_period(one.period.model_dump())
+        except PeriodError as exc:
+            raise ApiError(422, "validation_error", exc.message, f"bidders.{bidder_id}.{exc.field}") from None
+        changes[bidder_id] = _replacing(one, period)
+    created = await service.update_many(changes)
+    return BulkOut(created=created, replaced=len(changes) - created)
 
 
 @router.patch(
@@ -358,15 +398,25 @@ async def get_curve(bidder_id: BidderId, service: ServiceDep) -> CurveOut:
     )
 
 
-@router.get("", response_model=BidderList, responses=responses(401, 422))
+_NDJSON = {
+    "description": "with format=ndjson: every bidder's status, one JSON object per line, in id order",
+    "content": {"application/x-ndjson": {"schema": {"type": "string"}}},
+}
+
+
+@router.get("", response_model=BidderList, responses={200: _NDJSON, **responses(401, 422)})
 async def list_bidders(
     service: ServiceDep,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     cursor: Annotated[
         str | None, Query(max_length=400, description="`next` of the page before; any other value is refused (422)")
     ] = None,
-) -> BidderList:
-    """Bidders in id order, a page at a time; pass `next` back as `cursor`."""
+    format: Annotated[Literal["json", "ndjson"], Query(description="ndjson: all bidders, streamed")] = "json",
+) -> BidderList | StreamingResponse:
+    """Bidders in id order, a page at a time; pass `next` back as `cursor`. `format=ndjson` streams every bidder's
+    status (its whole configuration included), one per line: an export."""
+    if format == "ndjson":
+        return StreamingResponse(_export(service), media_type="application/x-ndjson")
     after = ""
     if cursor:
         try:
@@ -375,11 +425,26 @@ async def list_bidders(
             after = ""
         if not after:
             raise ApiError(422, "validation_error", "not a cursor returned by this API", "cursor")
-    ids = sorted(i for i in service.engine.bidders if i > after)
-    page = ids[:limit]
-    more = len(ids) > limit
+    ids = service.engine.ids
+    first = bisect.bisect_right(ids, after)
+    page = ids[first : first + limit]
+    more = first + limit < len(ids)
     token = base64.urlsafe_b64encode(page[-1].encode()).decode() if more else None
     return BidderList(bidders=[_status(service.engine, i) for i in page], next=token)
+
+
+async def _export(service: Service) -> AsyncIterator[bytes]:
+    """Every bidder's status, EXPORT_CHUNK at a time with a yield to bids between (ids created or deleted meanwhile
+    may or may not be in it)."""
+    ids = list(service.engine.ids)
+    for lo in range(0, len(ids), EXPORT_CHUNK):
+        lines = [
+            _status(service.engine, i).model_dump_json() + "\n"
+            for i in ids[lo : lo + EXPORT_CHUNK]
+            if i in service.engine.bidders
+        ]
+        yield "".join(lines).encode()
+        await asyncio.sleep(0)
 
 
 async def _set_paused(

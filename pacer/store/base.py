@@ -108,6 +108,11 @@ class Store(Protocol):
         knew (0: none, or deleted). Returns the version stored (a shared store assigns it fleet-wide). A shared
         store raises VersionConflict, writing nothing, when it holds another version."""
 
+    async def put_bidders(self, records: list[BidderRecord]) -> list[int | VersionConflict | StoreError]:
+        """put_bidder for many (bulk operator writes): per record the version stored, or why that one was not
+        written. An embedded store writes them all in one transaction (all or none: it raises StoreError); a shared
+        store writes each bidder atomically, in one round trip per chunk, and says which ones it did not."""
+
     async def delete_bidder(self, bidder_id: str, known_version: int | None = None) -> None:
         """Durably remove a bidder's configuration. Its recorded spend is kept: money spent stays spent. Given
         `known_version`, a shared store raises VersionConflict, deleting nothing, when it holds another."""

@@ -45,6 +45,7 @@ TIMEOUT_S = 1.0  # a Redis that does not answer within this is treated as down: 
 MAX_PRICE = 2**53  # Lua numbers are doubles: exact integers up to here (prices, and spend: MAX_SPEND in record.lua)
 GROUP = 500  # bidders per Lua call on a plain Redis: one call blocks Redis ~5 ms at most
 PUBLISH_GROUP = 100  # models per publish call (each ~10 KB of JSON)
+BULK_GROUP = 1000  # operator writes per pipelined round trip of a bulk PUT
 
 
 class BidderLost(StoreError):
@@ -271,25 +272,48 @@ class RedisStore:
     async def put_bidder(self, record: BidderRecord) -> int:
         """Write the config; `record.version - 1` is the version the caller knows (0: none). Returns the version
         Redis assigned. Raises BidderLost when the caller knows the bidder but Redis lost it."""
-        config = to_json(record.config)
-        budget, paused = record.config["budget_micros"], "1" if record.config.get("paused") else "0"
-        reply = await self._eval(
-            "put",
-            [self._state(record.bidder_id)],
-            [config, budget, paused, record.version - 1, repr(record.updated_at)],
-        )
-        if reply[0] == b"lost":
-            raise BidderLost(f"Redis has no state for bidder {record.bidder_id!r}: its data was lost")
-        if reply[0] == b"conflict":
-            raise VersionConflict(f"bidder {record.bidder_id!r} is at version {reply[1]} in Redis")
-        await self._announce(record.bidder_id, int(reply[1]))
-        return int(reply[1])
+        [result] = await self.put_bidders([record])
+        if isinstance(result, VersionConflict | StoreError):
+            raise result
+        return result
+
+    async def put_bidders(self, records: list[BidderRecord]) -> list[int | VersionConflict | StoreError]:
+        """put.lua per bidder (each atomic with its version check), BULK_GROUP at a time in one pipelined round
+        trip, then one announcement of them all. BidderLost where the caller knows a bidder Redis lost."""
+        out: list[int | VersionConflict | StoreError] = []
+        for lo in range(0, len(records), BULK_GROUP):
+            part = records[lo : lo + BULK_GROUP]
+            calls = []
+            for record in part:
+                config = to_json(record.config)
+                budget, paused = record.config["budget_micros"], "1" if record.config.get("paused") else "0"
+                calls.append(
+                    (
+                        [0],
+                        [self._state(record.bidder_id)],
+                        [config, budget, paused, record.version - 1, repr(record.updated_at)],
+                    )
+                )
+            replies = await self._run_script("put", calls)
+            written: dict[str, int | None] = {}
+            for record, reply in zip(part, replies, strict=True):
+                if isinstance(reply, Exception):
+                    raise StoreError(f"redis: put of bidder {record.bidder_id!r}: {reply}")
+                if reply[0] == b"lost":
+                    out.append(BidderLost(f"Redis has no state for bidder {record.bidder_id!r}: its data was lost"))
+                elif reply[0] == b"conflict":
+                    out.append(VersionConflict(f"bidder {record.bidder_id!r} is at version {reply[1]} in Redis"))
+                else:
+                    written[record.bidder_id] = int(reply[1])
+                    out.append(int(reply[1]))
+            await self._announce(written)
+        return out
 
     async def delete_bidder(self, bidder_id: str, known_version: int | None = None) -> None:
         reply = await self._eval("delete", [self._state(bidder_id)], [] if known_version is None else [known_version])
         if reply[0] == b"conflict":
             raise VersionConflict(f"bidder {bidder_id!r} is at version {reply[1]} in Redis")
-        await self._announce(bidder_id, None)
+        await self._announce({bidder_id: None})
 
     async def restore_bidder(self, record: BidderRecord, period_key: str, spent_micros: int) -> int:
         """Bring back a lost bidder with the spend an operator states for its current period. Returns the version."""
@@ -298,17 +322,21 @@ class RedisStore:
         reply = await self._eval(
             "restore", [self._state(record.bidder_id)], [config, budget, paused, period_key, spent_micros]
         )
-        await self._announce(record.bidder_id, int(reply[0]))
+        await self._announce({record.bidder_id: int(reply[0])})
         return int(reply[0])
 
-    async def _announce(self, bidder_id: str, version: int | None) -> None:
-        """Tell the fleet a bidder changed (discovery of new and deleted bidders)."""
+    async def _announce(self, versions: dict[str, int | None]) -> None:
+        """Tell the fleet these bidders changed (None: deleted): discovery of new and deleted bidders."""
+        if not versions:
+            return
 
         def fill(pipe: Any) -> None:
-            if version is None:
-                pipe.hdel(self._registry, bidder_id)
-            else:
-                pipe.hset(self._registry, bidder_id, version)
+            gone = [b for b, v in versions.items() if v is None]
+            if gone:
+                pipe.hdel(self._registry, *gone)
+            live = {b: v for b, v in versions.items() if v is not None}
+            if live:
+                pipe.hset(self._registry, mapping=live)
             pipe.incr(f"{self._registry}:seq")
 
         await self._pipelined(fill, transaction=not self.cluster)

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from pacer.store.base import BidderRecord, ModelRecord, StoreError, WinRecord, to_json
+from pacer.store.base import BidderRecord, ModelRecord, StoreError, VersionConflict, WinRecord, to_json
 
 T = TypeVar("T")
 _Op = Callable[[sqlite3.Connection], Any]
@@ -207,13 +207,24 @@ class SqliteStore:
         return await self._on_thread(read)
 
     async def put_bidder(self, record: BidderRecord) -> int:
-        try:
-            config = json.dumps(record.config, separators=(",", ":"), allow_nan=False)
-        except (TypeError, ValueError) as exc:
-            raise StoreError(f"bidder {record.bidder_id!r}: config is not JSON: {exc}") from exc
-        row = (record.bidder_id, config, _micros(record.version, "version"), record.updated_at)
-        await self._write(_statement("INSERT OR REPLACE INTO bidders VALUES (?, ?, ?, ?)", row))
-        return record.version
+        [version] = await self.put_bidders([record])
+        assert isinstance(version, int)  # one process writes this file: no version conflicts
+        return version
+
+    async def put_bidders(self, records: list[BidderRecord]) -> list[int | VersionConflict | StoreError]:
+        rows = []
+        for record in records:
+            try:
+                config = json.dumps(record.config, separators=(",", ":"), allow_nan=False)
+            except (TypeError, ValueError) as exc:
+                raise StoreError(f"bidder {record.bidder_id!r}: config is not JSON: {exc}") from exc
+            rows.append((record.bidder_id, config, _micros(record.version, "version"), record.updated_at))
+
+        def apply(conn: sqlite3.Connection) -> None:
+            conn.executemany("INSERT OR REPLACE INTO bidders VALUES (?, ?, ?, ?)", rows)
+
+        await self._write(apply)
+        return [record.version for record in records]
 
     async def delete_bidder(self, bidder_id: str, known_version: int | None = None) -> None:
         """One process writes this file (its service lock orders the writes): no version to check."""

@@ -90,7 +90,7 @@ DOCUMENTED = {
     "/v1/bid": {"post"},
     "/v1/bids": {"post"},
     "/v1/events": {"post"},
-    "/v1/bidders": {"get"},
+    "/v1/bidders": {"get", "put"},
     "/v1/bidders/{bidder_id}": {"put", "patch", "get", "delete"},
     "/v1/bidders/{bidder_id}/pause": {"post"},
     "/v1/bidders/{bidder_id}/resume": {"post"},

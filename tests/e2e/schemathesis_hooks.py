@@ -3,7 +3,8 @@
 /openapi.json gives every field its type, format and bounds. Two rules involve more than one value, and JSON
 Schema cannot state them:
 
-- a flight's `end` is after its `start` (PUT/PATCH /v1/bidders/{id}), which the document says in words;
+- a flight's `end` is after its `start` (PUT/PATCH /v1/bidders/{id}, each bidder of PUT /v1/bidders), which the
+  document says in words;
 - `cursor` is the `next` of an earlier page (GET /v1/bidders), an opaque value; any other is refused (422).
 
 Schemathesis marks a case "positive" when the schema says it is valid, and positive_data_acceptance fails if such a
@@ -52,14 +53,16 @@ def map_case(context: Any, case: Any) -> Any:
         return case
     body = case.body
     if isinstance(body, dict):
-        period = body.get("period")
-        if (
-            isinstance(period, dict)
-            and period.get("type") == "flight"
-            and isinstance(period.get("start"), str)
-            and isinstance(period.get("end"), str)
-        ):
-            _ordered_flight(period)
+        bulk = body.get("bidders")  # PUT /v1/bidders: each bidder's flight in order
+        for one in [body, *(bulk.values() if isinstance(bulk, dict) else [])]:
+            period = one.get("period") if isinstance(one, dict) else None
+            if (
+                isinstance(period, dict)
+                and period.get("type") == "flight"
+                and isinstance(period.get("start"), str)
+                and isinstance(period.get("end"), str)
+            ):
+                _ordered_flight(period)
     query = case.query
     if isinstance(query, dict) and isinstance(query.get("cursor"), str) and query["cursor"]:
         # A cursor as the service makes one: the base64url of an id (75 characters stay within maxLength 400).

@@ -17,7 +17,7 @@ import redis as redis_sync
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pacer.store.base import BidderRecord, StoreError, WinRecord
+from pacer.store.base import BidderRecord, StoreError, VersionConflict, WinRecord
 from pacer.store.redis import BidderLost, LeaseReply, LeaseRequest, RedisStore
 from tests.redis_server import RedisCluster, RedisServer
 from tests.store_contract import StoreContract, StoreFactory
@@ -131,6 +131,24 @@ async def test_put_load_versions_and_delete(open_store: Opener) -> None:
     assert await b.load_bidders() == []
     reply = await sync_one(b, ask("b1", 100))
     assert reply.status == "deleted" and reply.lease_micros == 0
+
+
+async def test_bulk_put_writes_each_with_its_version_check_and_announces_them_once(
+    open_store: Opener, redis_server: RedisServer
+) -> None:
+    a, b = await open_store("a"), await open_store("b")
+    await a.put_bidder(record("b1", 5_000))
+    await b.put_bidder(record("b1", 6_000, known=1))  # a still knows version 1
+    client = redis_sync.Redis.from_url(redis_server.url)
+    seq = int(client.get("pacer:{registry}:seq") or 0)
+    results = await a.put_bidders([record(f"n{i}", 1_000) for i in range(2_500)] + [record("b1", 7_000, known=1)])
+    assert results[:2_500] == [1] * 2_500, "each new bidder at version 1"
+    assert isinstance(results[-1], VersionConflict), "b1 is at 2: nothing written for it"
+    assert int(client.get("pacer:{registry}:seq")) == seq + 3, "one announcement per round trip of 1,000"
+    client.close()
+    assert len(await b.load_bidders()) == 2_501
+    [b1] = await b.load_configs(["b1"])
+    assert b1 is not None and b1.config["budget_micros"] == 6_000
 
 
 async def test_config_change_reaches_other_instances_at_their_sync(open_store: Opener) -> None:
