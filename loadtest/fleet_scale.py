@@ -32,12 +32,13 @@ from pathlib import Path
 from typing import Any
 
 from pacer.auctionlog import AuctionLogWriter
+from pacer.bidder_config import BidderConfig, config_to_json
 from pacer.clock import ManualClock
 from pacer.curves import TrafficCurve
-from pacer.engine import BidderConfig, Engine, EngineParams
+from pacer.engine import Engine, EngineParams
 from pacer.fleet import Fleet
 from pacer.periods import Daily, Flight
-from pacer.service import config_to_json, load_bidders
+from pacer.service import load_bidders
 from pacer.store.base import BidderRecord, WinRecord
 from pacer.store.redis import GROUP, RedisStore
 

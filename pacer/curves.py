@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from pacer.bidder_config import PACING_MODES
+
 F64 = npt.NDArray[np.float64]
 
 SLOTS = 288  # 5-minute slots of a local day
@@ -24,7 +26,7 @@ EPOCH_DOW = 3  # 1970-01-01 was a Thursday; Monday = 0
 FRONTLOAD_A = 0.4
 
 ASAP, EVEN, FRONTLOAD, TRAFFIC = 0, 1, 2, 3
-MODES = {"asap": ASAP, "even": EVEN, "frontload": FRONTLOAD, "traffic": TRAFFIC}
+MODES: dict[str, int] = dict(zip(PACING_MODES, (ASAP, EVEN, FRONTLOAD, TRAFFIC), strict=True))
 
 
 class TrafficCurve:

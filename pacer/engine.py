@@ -16,12 +16,24 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
+from pacer.bidder_config import (
+    BUDGET_UNKNOWN,
+    EXHAUSTED,
+    NO_BUDGET,
+    NOT_ACTIVE,
+    PACED,
+    PAUSED,
+    REASONS,
+    UNKNOWN_BIDDER,
+    BidderConfig,
+    State,
+)
 from pacer.clock import Clock
 from pacer.controller import ControlLaw, Controller, ControlParams, TickInputs
 from pacer.curves import MODES, CurveTable, TrafficCurve, progress
 from pacer.fitted import FittedModel
 from pacer.ledger import Ledger
-from pacer.periods import Daily, Flight, Period, Window, utc_offset, window_at
+from pacer.periods import Daily, Flight, Window, utc_offset, window_at
 from pacer.store import ModelRecord
 
 F64 = npt.NDArray[np.float64]
@@ -30,19 +42,6 @@ TICK_CHUNK = 1000
 # An expired grant is remembered (to time a late win on it) for this many TTLs: at tens of thousands of bids a
 # second without loss notices, remembering them for PACER_TTL_MAX_S held millions of entries.
 EXPIRED_KEPT_TTLS = 3.0
-REASONS = ("paced", "exhausted", "paused", "not_active", "unknown_bidder", "no_budget", "budget_unknown")
-PACED, EXHAUSTED, PAUSED, NOT_ACTIVE, UNKNOWN_BIDDER, NO_BUDGET, BUDGET_UNKNOWN = REASONS
-
-
-@dataclass(frozen=True, slots=True)
-class BidderConfig:
-    """What the operator set for a bidder (the body of PUT /v1/bidders/{id}, plus `paused`)."""
-
-    budget_micros: int
-    period: Period
-    pacing: str = "even"
-    max_bid_micros: int | None = None
-    paused: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,7 +146,7 @@ class Bidder:
     def timezone(self) -> str:
         return self.config.period.timezone
 
-    def state(self, now: float) -> str:
+    def state(self, now: float) -> State:
         if self.lost:
             return "store_lost"
         if self.config.paused:

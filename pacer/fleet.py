@@ -17,8 +17,9 @@ import logging
 import time
 from collections import defaultdict
 
+from pacer.bidder_config import config_from_json
 from pacer.engine import Bidder, Engine
-from pacer.service import config_from_json, load_bidders
+from pacer.service import load_bidders
 from pacer.store.base import StoreError, WinRecord
 from pacer.store.redis import Counted, LeaseReply, LeaseRequest, RedisStore
 

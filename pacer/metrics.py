@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from pacer.bidder_config import STATES
+
 if TYPE_CHECKING:
     from pacer.auctionlog import AuctionLogWriter
     from pacer.fleet import Fleet
@@ -90,7 +92,7 @@ class PacerCollector(Collector):
         states = GaugeMetricFamily("pacer_bidders", "Bidders by state", labels=["state"])
         now = e.clock()
         counts = Counter(b.state(now) for b in e.bidders.values())
-        for state in ("scheduled", "active", "paused", "exhausted", "ended", "store_lost"):
+        for state in STATES:
             states.add_metric([state], counts.get(state, 0))
         yield states
         yield GaugeMetricFamily(

@@ -26,10 +26,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from pacer.auctionlog import AuctionLogWriter
-from pacer.engine import BidderConfig, Engine
+from pacer.bidder_config import BidderConfig, config_from_json, config_to_json
+from pacer.engine import Engine
 from pacer.logs import current_loop
 from pacer.metrics import LOOP_BUCKETS, Histogram, HttpMetrics
-from pacer.periods import parse_period, period_to_json, window_at
+from pacer.periods import window_at
 from pacer.refit.job import publish
 from pacer.store import BidderRecord, Store, StoreError, VersionConflict
 from pacer.store.base import Snapshots, instance_id
@@ -89,28 +90,6 @@ class RefitSettings:
     engine: str
     spark_master: str | None
     timeout_s: float
-
-
-def config_to_json(config: BidderConfig) -> dict[str, object]:
-    return {
-        "budget_micros": config.budget_micros,
-        "period": period_to_json(config.period),
-        "pacing": config.pacing,
-        "max_bid_micros": config.max_bid_micros,
-        "paused": config.paused,
-    }
-
-
-def config_from_json(doc: dict[str, object]) -> BidderConfig:
-    budget, cap = doc["budget_micros"], doc.get("max_bid_micros")
-    assert isinstance(budget, int) and (cap is None or isinstance(cap, int))
-    return BidderConfig(
-        budget_micros=budget,
-        period=parse_period(doc["period"]),
-        pacing=str(doc.get("pacing", "even")),
-        max_bid_micros=cap,
-        paused=bool(doc.get("paused", False)),
-    )
 
 
 async def load_bidders(engine: Engine, store: Store, records: list[BidderRecord], versions: dict[str, int]) -> None:

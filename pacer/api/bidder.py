@@ -8,17 +8,17 @@ Money fields take an integral float as that integer (5.0 is 5: JSON has one numb
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import msgspec
 import msgspec.inspect
 
 from pacer.api.errors import ApiError, from_msgspec
 from pacer.auctionlog import LOSS, WIN, AuctionLogWriter
-from pacer.engine import UNKNOWN_BIDDER, Engine
+from pacer.bidder_config import MAX_MICROS, UNKNOWN_BIDDER, Reason
+from pacer.engine import Engine
 from pacer.store import Store, StoreError, WinRecord
 
-MAX_MICROS = 10**12  # $1M per impression: far above any real price, far below int64 overflow in sums
 Id = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
 Micros = Annotated[int, msgspec.Meta(ge=1, le=MAX_MICROS)]
 
@@ -37,9 +37,7 @@ class Decision(msgspec.Struct, omit_defaults=True):
     auction_id: str
     bid: bool
     bid_micros: int | None = None
-    reason: (
-        Literal["paced", "exhausted", "paused", "not_active", "unknown_bidder", "no_budget", "budget_unknown"] | None
-    ) = None
+    reason: Reason | None = None
 
 
 class Decisions(msgspec.Struct):

@@ -16,49 +16,39 @@ import binascii
 import bisect
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
-from functools import cache
 from typing import Annotated, Any, Literal
-from zoneinfo import available_timezones
 
 import numpy as np
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from fastapi.security import HTTPBearer
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic.config import JsonDict
 
-from pacer.api.bidder import MAX_MICROS
 from pacer.api.errors import ApiError, responses
-from pacer.engine import BidderConfig, Engine
+from pacer.bidder_config import (
+    MAX_BUDGET,
+    BidCap,
+    BidderConfig,
+    BidderIn,
+    BudgetMicros,
+    DailyIn,
+    FlightIn,
+    Pacing,
+    PeriodIn,
+    State,
+    Whole,
+)
+from pacer.engine import Engine
 from pacer.periods import PeriodError, parse_period, period_to_json, rfc3339
 from pacer.service import ANY_VERSION, BidderNotFound, Service
 
-MAX_BUDGET = 10**15  # $1B in micros: beyond any real budget, far from int64 overflow
 MAX_BULK = 10_000  # bidders per bulk PUT
 EXPORT_CHUNK = 1000  # bidders per chunk of the ndjson export
 BidderId = Annotated[str, Field(min_length=1, max_length=256)]
 BulkId = Annotated[str, Field(min_length=1, max_length=256, pattern="^[^/]+$")]  # a path segment: no '/'
 UNISSUED = -2  # the version an If-Match tag this API never issued names: it matches none (412)
-Pacing = Literal["asap", "even", "frontload", "traffic"]
-# Documented, not validated here: parse_period checks them (and names the field in its error). An instant is
-# RFC 3339 in the years 2000..2200 (periods.py).
-INSTANT: JsonDict = {"format": "date-time", "pattern": "^(2[01][0-9]{2}|2200)-"}
 DATE_TIME: JsonDict = {"format": "date-time"}
-
-
-@cache
-def _zones() -> list[str]:
-    return sorted(available_timezones())
-
-
-def _iana_zone(schema: dict[str, Any]) -> None:
-    schema["enum"] = _zones()  # exactly the names this process can load (the OS's zones, else tzdata's)
-
-
-def _whole(value: object) -> object:
-    """An integral float is that integer (5.0 -> 5): JSON does not tell them apart, and JSON Schema's `integer`
-    admits 5.0. Anything else goes on to the strict int, which refuses 5.5, "5" and true."""
-    return int(value) if type(value) is float and value.is_integer() else value
 
 
 def _not_null(schema: dict[str, Any]) -> None:
@@ -66,40 +56,6 @@ def _not_null(schema: dict[str, Any]) -> None:
     (value,) = [option for option in schema.pop("anyOf") if option != {"type": "null"}]
     schema.update(value)
     schema.pop("default", None)
-
-
-class FlightIn(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
-    type: Literal["flight"]
-    start: str = Field(
-        description="RFC 3339 with offset, e.g. 2026-11-24T00:00:00Z; years 2000..2200", json_schema_extra=INSTANT
-    )
-    end: str = Field(description="RFC 3339 with offset; after start", json_schema_extra=INSTANT)
-    timezone: str = Field(
-        "UTC", description="IANA zone whose local day shapes `traffic` pacing", json_schema_extra=_iana_zone
-    )
-
-
-class DailyIn(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
-    type: Literal["daily"]
-    timezone: str = Field(
-        description="IANA zone; the budget renews at each local midnight (DST-correct)", json_schema_extra=_iana_zone
-    )
-
-
-PeriodIn = Annotated[FlightIn | DailyIn, Field(discriminator="type")]
-Whole = BeforeValidator(_whole)  # after the bounds: the bounds then stay the int's, in the JSON Schema too
-BudgetMicros = Annotated[int, Field(gt=0, le=MAX_BUDGET), Whole]
-BidCap = Annotated[int, Field(gt=0, le=MAX_MICROS), Whole]
-
-
-class BidderIn(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
-    budget_micros: BudgetMicros
-    period: PeriodIn
-    pacing: Pacing = "even"
-    max_bid_micros: BidCap | None = None
 
 
 class BulkIn(BaseModel):
@@ -149,7 +105,7 @@ class ModelStatus(BaseModel):
 
 class BidderStatus(BaseModel):
     bidder_id: str
-    state: Literal["scheduled", "active", "paused", "exhausted", "ended", "store_lost"] = Field(
+    state: State = Field(
         description="store_lost: the fleet store lost this bidder's spend; nothing is granted until "
         "POST /v1/bidders/{id}/restore"
     )

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from pacer.refit.rollup import BINS_PER_E, Columns
+from pacer.refit.rolled import BINS_PER_E, Columns
 
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]

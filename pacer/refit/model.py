@@ -23,7 +23,7 @@ import numpy.typing as npt
 from pacer.curves import SLOTS, TrafficCurve
 from pacer.periods import rfc3339
 from pacer.refit.landscape import FIRST, MAX_POINTS, SECOND, Landscape, fit_landscape
-from pacer.refit.rollup import BINS_PER_E, Columns, Rollup
+from pacer.refit.rolled import BINS_PER_E, Columns, Rollup
 from pacer.refit.traffic import BANDWIDTHS, HALF_LIFE_DAYS, TrafficFit, fit_traffic, group_by_bidder
 
 F64 = npt.NDArray[np.float64]

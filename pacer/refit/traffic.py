@@ -15,11 +15,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
-import pyarrow as pa
 
 from pacer.curves import EPOCH_DOW, SLOTS, TrafficCurve
 from pacer.periods import utc_offset
-from pacer.refit.rollup import DAY_MS, SLOT_MS, Rollup
+from pacer.refit.rolled import DAY_MS, SLOT_MS, Rollup
 
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
@@ -57,6 +56,8 @@ def group_by_bidder(bidder: npt.NDArray[np.generic]) -> dict[str, I64]:
     """Row indices of each bidder, hashed through Arrow: np.unique would sort millions of Python strings."""
     if len(bidder) == 0:
         return {}
+    import pyarrow as pa  # here, not at the top: the engine imports this module (model validation), not the fit
+
     encoded = pa.array(bidder, type=pa.string()).dictionary_encode()
     codes = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
     names = encoded.dictionary.to_pylist()

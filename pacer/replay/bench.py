@@ -17,12 +17,12 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+from pacer.bidder_config import config_from_json
 from pacer.config import Settings
 from pacer.curves import TrafficCurve
 from pacer.replay.metrics import metrics, summary
 from pacer.replay.run import STRATEGIES, ReplayOptions, replay
 from pacer.replay.synthetic import SyntheticSpec, generate
-from pacer.service import config_from_json
 
 SCENARIOS = {
     "second price, stable": "auction=second",

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from pacer.auctionlog import AuctionLogWriter
+from pacer.bidder_config import config_from_json
 from pacer.config import Settings
 from pacer.curves import TrafficCurve
 from pacer.refit.job import refit
@@ -30,7 +31,6 @@ from pacer.replay.auctions import AuctionLog
 from pacer.replay.metrics import metrics, summary
 from pacer.replay.run import ReplayOptions, replay
 from pacer.replay.synthetic import SyntheticSpec, generate
-from pacer.service import config_from_json
 
 COLUMNS = (
     ("delivery", "delivery", "{:.2%}"),

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from pacer.auctionlog import AuctionLogWriter
+from pacer.bidder_config import config_from_json
 from pacer.config import Settings
 from pacer.curves import TrafficCurve
 from pacer.refit.job import file_name
@@ -17,7 +18,6 @@ from pacer.replay.auctions import LogError, read_log
 from pacer.replay.metrics import format_table, metrics
 from pacer.replay.run import STRATEGIES, BiddersError, ReplayOptions, load_bidders, replay
 from pacer.replay.synthetic import SpecError, SyntheticSpec, generate
-from pacer.service import config_from_json
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -21,10 +21,11 @@ import numpy.typing as npt
 from pydantic import ValidationError
 
 from pacer.auctionlog import LOSS, WIN, AuctionLogWriter
+from pacer.bidder_config import BidderConfig, BidderIn  # the operator API's own schema
 from pacer.clock import ManualClock
 from pacer.controller import ControlLaw, Controller
 from pacer.curves import TrafficCurve
-from pacer.engine import BidderConfig, Engine, EngineParams
+from pacer.engine import Engine, EngineParams
 from pacer.periods import PeriodError, parse_period
 from pacer.replay.auctions import AuctionLog
 from pacer.replay.baselines import BASELINES
@@ -68,8 +69,6 @@ class ReplayResult:
 
 def load_bidders(path: Path) -> dict[str, BidderConfig]:
     """BIDDERS.json: {"<bidder_id>": <the body of PUT /v1/bidders/{id}>, ...}, validated as the API does."""
-    from pacer.api.operator import BidderIn  # the operator API's own schema: one definition of a valid body
-
     try:
         doc = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:

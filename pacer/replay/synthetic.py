@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from pacer.bidder_config import PACING_MODES
 from pacer.curves import SLOTS, TrafficCurve
 from pacer.periods import PeriodError, parse_period, rfc3339, utc_offset
 from pacer.replay.auctions import AuctionLog
@@ -123,7 +124,7 @@ class SyntheticSpec:
             ("market_sigma", 0 <= self.market_sigma <= 3, "0..3"),
             ("budget_fractions", all(0 < f <= 1 for f in self.budget_fractions), "each in (0, 1]"),
             ("auction", self.auction in ("first", "second"), "first or second"),
-            ("pacing", self.pacing in ("asap", "even", "frontload", "traffic"), "asap, even, frontload or traffic"),
+            ("pacing", self.pacing in PACING_MODES, ", ".join(PACING_MODES[:-1]) + f" or {PACING_MODES[-1]}"),
             ("period", self.period in ("flight", "daily"), "flight or daily"),
         )
         for name, ok, want in checks:

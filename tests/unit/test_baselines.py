@@ -12,10 +12,11 @@ from datetime import UTC, datetime
 import numpy as np
 import pytest
 
+from pacer.bidder_config import BidderConfig
 from pacer.clock import ManualClock
 from pacer.controller import ControlLaw, ControlParams, TickInputs
 from pacer.curves import ASAP, EVEN, FRONTLOAD, TRAFFIC
-from pacer.engine import BidderConfig, Engine, EngineParams
+from pacer.engine import Engine, EngineParams
 from pacer.periods import Daily, Flight
 from pacer.replay.baselines import (
     BASELINES,

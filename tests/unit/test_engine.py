@@ -15,9 +15,10 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from pacer.api.bidder import events
+from pacer.bidder_config import BidderConfig
 from pacer.clock import ManualClock
 from pacer.controller import ControlParams
-from pacer.engine import BidderConfig, Engine, EngineParams
+from pacer.engine import Engine, EngineParams
 from pacer.periods import Daily, Flight
 from pacer.store.sqlite import SqliteStore
 

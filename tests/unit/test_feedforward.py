@@ -11,10 +11,11 @@ from typing import Any
 import numpy as np
 import pytest
 
+from pacer.bidder_config import BidderConfig
 from pacer.clock import ManualClock
 from pacer.controller import ControlParams
 from pacer.curves import TrafficCurve
-from pacer.engine import BidderConfig, Engine, EngineParams
+from pacer.engine import Engine, EngineParams
 from pacer.periods import Daily
 from pacer.refit.model import ModelError, fit_bidders, spend_per_auction
 from pacer.store import ModelRecord

@@ -9,7 +9,7 @@ import numpy.typing as npt
 import pytest
 
 from pacer.refit.landscape import fit_landscape, isotonic, price_overlap
-from pacer.refit.rollup import BINS_PER_E, Columns
+from pacer.refit.rolled import BINS_PER_E, Columns
 
 F64 = npt.NDArray[np.float64]
 

@@ -11,7 +11,7 @@ import numpy as np
 import numpy.typing as npt
 
 from pacer.curves import SLOTS, TrafficCurve
-from pacer.refit.rollup import DAY_MS, SLOT_MS, Rollup
+from pacer.refit.rolled import DAY_MS, SLOT_MS, Rollup
 from pacer.refit.traffic import TrafficFits, fit_traffic
 
 F64 = npt.NDArray[np.float64]

@@ -11,12 +11,13 @@ import asyncio
 import time
 from pathlib import Path
 
+from pacer.bidder_config import BidderConfig, config_to_json
 from pacer.clock import ManualClock
 from pacer.curves import TrafficCurve
-from pacer.engine import BidderConfig, Engine, EngineParams
+from pacer.engine import Engine, EngineParams
 from pacer.fleet import INFLIGHT_SHARE, Fleet
 from pacer.periods import Flight
-from pacer.service import config_to_json, load_bidders
+from pacer.service import load_bidders
 from pacer.store.base import BidderRecord, WinRecord
 from pacer.store.redis import RedisStore
 from tests.redis_server import RedisServer

@@ -14,7 +14,7 @@ import pytest
 
 from pacer.curves import SLOTS, TrafficCurve
 from pacer.refit.model import FitOutcome, FitParams, ModelError, fit_bidders, spend_per_auction, validate
-from pacer.refit.rollup import BINS_PER_E, DAY_MS, Columns, Rollup
+from pacer.refit.rolled import BINS_PER_E, DAY_MS, Columns, Rollup
 
 F64 = npt.NDArray[np.float64]
 

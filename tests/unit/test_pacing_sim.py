@@ -14,9 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pacer.bidder_config import BidderConfig
 from pacer.clock import ManualClock
 from pacer.curves import TrafficCurve
-from pacer.engine import BidderConfig, Engine, EngineParams
+from pacer.engine import Engine, EngineParams
 from pacer.periods import Flight
 
 T0 = 1_800_000_000.0  # 2027-01-15 08:00 UTC: the prior's morning ramp, so `traffic` differs from `even`

@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 
 from pacer.app import create_app
+from pacer.bidder_config import BidderConfig
 from pacer.config import Settings
 from pacer.controller import Controller, ControlParams
 from pacer.curves import TrafficCurve
-from pacer.engine import BidderConfig, Engine
+from pacer.engine import Engine
 from pacer.periods import Flight, rfc3339
 from pacer.replay.auctions import AuctionLog, LogError, read_log
 from pacer.replay.metrics import bidder_metrics, metrics, optimum

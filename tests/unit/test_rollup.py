@@ -18,18 +18,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from pacer.auctionlog import BID, LOSS, SCHEMA, WIN
-from pacer.refit.rollup import (
-    DAY_MS,
-    PARTS,
-    SLOT_MS,
-    WIN_GRACE_MS,
-    LogError,
-    Rollup,
-    bin_of,
-    log_files,
-    rollup,
-    spark_session,
-)
+from pacer.refit.rolled import DAY_MS, SLOT_MS, Rollup, bin_of
+from pacer.refit.rollup import PARTS, WIN_GRACE_MS, LogError, log_files, rollup, spark_session
 from tests.logfiles import HOUR_MS, START_MS, random_log, write_log
 
 BIDDERS = ("acme", "b-2", "zeta", "Émile")  # non-ASCII: both engines must sort and group it the same
