@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import os
 import secrets
 import statistics
 import sys
@@ -31,6 +32,18 @@ def rss_kb(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     return 0
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds the process has used (/proc/<pid>/stat fields 14 and 15)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def histogram_mean(metrics: str, name: str) -> float:
+    """Mean of a Prometheus histogram in `metrics` text: its _sum over its _count."""
+    values = dict(line.split(" ", 1) for line in metrics.splitlines() if line.startswith(f"{name}_"))
+    return float(values[f"{name}_sum"]) / max(1.0, float(values[f"{name}_count"]))
 
 
 def timed_get(url: str, token: str, runs: int = 5) -> float:
@@ -86,6 +99,14 @@ def main() -> int:
             time.sleep(2.0)  # a few ticks and syncs over all of them
             rss = rss_kb(server.pid)
             middle = base64.urlsafe_b64encode(f"b{args.bidders // 2:07d}".encode()).decode()
+            before = cpu_s(server.pid)
+            time.sleep(5.0)
+            rows.append(("idle CPU (no traffic, 5 s)", f"{(cpu_s(server.pid) - before) / 5.0:.0%} of a core"))
+            metrics = http(server.url + "/metrics").decode()
+            tick_ms = histogram_mean(metrics, "pacer_tick_seconds") * 1000
+            lag_ms = histogram_mean(metrics, "pacer_event_loop_lag_seconds") * 1000
+            rows.append(("tick, mean wall time (pacer_tick_seconds)", f"{tick_ms:.1f} ms"))
+            rows.append(("event-loop lag, mean (pacer_event_loop_lag_seconds)", f"{lag_ms:.1f} ms"))
             rows.append(
                 ("RSS per bidder (after - before the load)", f"{(rss - base_rss) * 1024 / args.bidders:,.0f} B")
             )

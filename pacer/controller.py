@@ -199,20 +199,25 @@ class Controller(ControlLaw):
         self.w_last[sl] = x.weight_now
         level = self.lvl_num[sl] / np.maximum(self.lvl_den[sl], 1e-12)
         auctions = level * np.maximum(x.weight_ahead - x.weight_now, 0.0)
-        need = x.budget * np.maximum(f_ahead - f_now, 0.0) / np.maximum(auctions, 1e-9)
-        table = self.ff_spend[sl]
+        out = np.zeros(n)
+        on = np.flatnonzero(self.ff_on[sl] > 0)  # only bidders with a fitted landscape have a feed-forward
+        if not len(on):
+            return out
+        need = (x.budget * np.maximum(f_ahead - f_now, 0.0) / np.maximum(auctions, 1e-9))[on]
+        table = self.ff_spend[on]
         log_s = np.log(np.maximum(table, 1e-12))
         log_need = np.log(np.maximum(need, 1e-12))
         log_m = np.log(FF_GRID)
         k = np.clip((table < need[:, None]).sum(axis=1), 1, FF_GRID.shape[0] - 1)
-        rows = np.arange(n)
+        rows = np.arange(len(on))
         lo, hi = log_s[rows, k - 1], log_s[rows, k]
         t = np.clip((log_need - lo) / np.maximum(hi - lo, 1e-12), 0.0, 1.0)
         u = log_m[k - 1] + t * (log_m[k] - log_m[k - 1])
         u = np.where(need >= table[:, -1], 0.0, u)  # more than full bids buy: bid in full
         # Cheaper than the lowest multiplier buys: participate in that share of auctions.
         u = np.where(need <= table[:, 0], log_m[0] + log_need - log_s[:, 0], u)
-        return np.where(self.ff_on[sl] > 0, np.clip(u, np.log(p.m_min) + np.log(p.p_min), 0.0), 0.0)
+        out[on] = np.clip(u, np.log(p.m_min) + np.log(p.p_min), 0.0)
+        return out
 
     def update(self, now: float, dt: float, x: TickInputs, inflight_s: float = 0.0) -> None:
         """Advance every active bidder's state by one tick of `dt` seconds; `inflight_s` is the mean delay

@@ -230,6 +230,7 @@ class Fleet:
                 self._recent.setdefault(c.bidder_id, []).append((c.spend_version, bidder.window.key, micros))
             else:
                 bidder.ledger.spent -= micros
+                self.engine.touch(bidder)
 
     def _unsynced_spend(self) -> dict[str, int]:
         """Spend journaled here while the sync was in flight: Redis has not seen it, the ledger has."""
@@ -269,6 +270,7 @@ class Fleet:
         self._incarnation[bidder_id] = reply.incarnation
         if bidder.lost or restored:
             bidder.lost = False
+            self.engine.touch(bidder)
             log.warning(
                 "bidder %s: state restored in Redis (spent %d): granting again",
                 bidder_id,
@@ -289,10 +291,15 @@ class Fleet:
             if recent:
                 self._recent[bidder_id] = recent
             self._spend_seen[bidder_id] = reply.spend_version
-            ledger.spent = reply.spent_micros + sum(r[2] for r in recent) + unsynced
+            spent = reply.spent_micros + sum(r[2] for r in recent) + unsynced
+            if spent != ledger.spent:  # the fleet spent more (or less than this instance thought): re-plan it
+                ledger.spent = spent
+                self.engine.touch(bidder)
             ledger.limit = reply.spent_micros + reply.lease_micros
             for i in reply.counted:  # won elsewhere and now in the fleet's spend: the reservation's money is spent
                 ledger.release(request.check[i])
+            if reply.counted:
+                self.engine.touch(bidder)
 
     def _lose(self, bidder: Bidder, why: str) -> None:
         if not bidder.lost:
@@ -306,6 +313,7 @@ class Fleet:
             )
         bidder.lost = True
         bidder.ledger.limit = 0
+        self.engine.touch(bidder)
 
     async def _discover(self) -> None:
         """Bidders created on other instances: configure them (no lease until the next sync)."""

@@ -75,6 +75,11 @@ class Ledger:
         return max(0, self.budget - self.spent)
 
     @property
+    def nothing_to_expire(self) -> bool:
+        """No open, expired, held-back or held-elsewhere money: expire() would do nothing until the next grant."""
+        return not (self._open or self._expired or self.holdback or self._elsewhere)
+
+    @property
     def open_count(self) -> int:
         return len(self._open)
 
@@ -139,7 +144,7 @@ class Ledger:
     def expire(self, now: float, ttl: float, forget_after: float) -> int:
         """Free reservations older than `ttl`; forget expired grants older than `forget_after`.
         Returns the micros freed."""
-        if not (self._open or self._expired or self.holdback or self._elsewhere):
+        if self.nothing_to_expire:
             return 0
         freed = 0
         for auction_id, granted_at in _older_than(self._granted, now - ttl):

@@ -162,9 +162,8 @@ class Service:
         now = self.engine.clock()
         held = await self.snapshots.load_reserved() if self.snapshots is not None else {}
         for bidder_id, (micros, until) in held.items():
-            bidder = self.engine.bidders.get(bidder_id)
-            if bidder is not None and until > now and micros > 0:
-                bidder.ledger.hold_back(micros, until)
+            if until > now and micros > 0:
+                self.engine.hold_back(bidder_id, micros, until)
         if self.fleet is not None:
             await self.fleet.sync()  # leases before the first bid
         await self.load_models()
