@@ -24,6 +24,7 @@ from pacer.bidder_config import (
     PACED,
     PAUSED,
     REASONS,
+    STATES,
     UNKNOWN_BIDDER,
     BidderConfig,
     State,
@@ -56,13 +57,14 @@ TICK_CHUNK = 1000
     SEEN,
     CURVE_ROW,
     ENDS_AT,
-    BLOCKED,
+    OCCUPIED,
+    PAUSED_FLAG,
+    LOST_FLAG,
     DAILY,
     MODE,
-) = range(18)
-NCOLS = 18
-_IDLE = np.zeros(NCOLS)  # a free slot: zero budget, blocked (masked inactive)
-_IDLE[BLOCKED] = 1.0
+) = range(20)
+NCOLS = 20
+_IDLE = np.zeros(NCOLS)  # a free slot: not occupied, so never active
 # An expired grant is remembered (to time a late win on it) for this many TTLs: at tens of thousands of bids a
 # second without loss notices, remembering them for PACER_TTL_MAX_S held millions of entries.
 EXPIRED_KEPT_TTLS = 3.0
@@ -116,6 +118,17 @@ class DelayTracker:
             q = float(np.quantile(seen, p.ttl_quantile))
             self.ttl = min(max(q * p.ttl_factor, p.ttl_min_s), p.ttl_max_s)
         return self.ttl
+
+
+@dataclass(frozen=True, slots=True)
+class Totals:
+    """What /metrics shows of all bidders together (Engine.totals)."""
+
+    budget: int
+    spent: int
+    reserved: int
+    states: dict[str, int]
+    fitted: int
 
 
 class Bidder:
@@ -306,6 +319,15 @@ class Engine:
         if bidder is not None:
             bidder.ledger.hold_back(micros, until)
             self.touch(bidder)
+
+    def holding(self) -> list[Bidder]:
+        """Bidders with money reserved or held back: only those whose ledger can expire something are looked at."""
+        out = []
+        for s in self._expiring:
+            b = self._slots[s] if s < len(self._slots) else None
+            if b is not None and (b.ledger.reserved or b.ledger.holdback):
+                out.append(b)
+        return out
 
     def remove(self, bidder_id: str) -> bool:
         bidder = self.bidders.pop(bidder_id, None)
@@ -515,7 +537,7 @@ class Engine:
         c = cols[:n]
         offsets = np.array([utc_offset(tz, now) for tz in self._tz], dtype=np.float64)
         offset_s = offsets[c[:, TZ].astype(np.int64)] if len(offsets) else np.zeros(n)
-        active = (c[:, BLOCKED] == 0.0) & (now >= c[:, START]) & (now < c[:, ENDS_AT]) & (c[:, SPENT] < c[:, BUDGET])
+        active = self._states(c, now) == STATES.index("active")
         active[[s for s in self._fresh if s < n]] = False
         start, end = c[:, START], c[:, END]
         ahead = np.minimum(now + self.controller.horizon(start, end), end)
@@ -571,9 +593,50 @@ class Engine:
             b.seen,
             b.curve_row,
             b.ends_at,
-            1.0 if b.lost or b.config.paused else 0.0,
+            1.0,
+            1.0 if b.config.paused else 0.0,
+            1.0 if b.lost else 0.0,
             1.0 if isinstance(b.config.period, Daily) else 0.0,
             b.mode,
+        )
+
+    @staticmethod
+    def _states(c: F64, now: float) -> npt.NDArray[np.int64]:
+        """Each row's index in STATES (-1: a free slot), as Bidder.state decides it, for all rows at once."""
+        out = np.full(c.shape[0], STATES.index("active"), dtype=np.int64)
+        for state, where in (  # the reverse of Bidder.state's order: the first test there wins here
+            ("exhausted", c[:, SPENT] >= c[:, BUDGET]),
+            ("ended", now >= c[:, ENDS_AT]),
+            ("scheduled", now < c[:, START]),
+            ("paused", c[:, PAUSED_FLAG] == 1.0),
+            ("store_lost", c[:, LOST_FLAG] == 1.0),
+        ):
+            out[where] = STATES.index(state)
+        out[c[:, OCCUPIED] == 0.0] = -1
+        return out
+
+    def totals(self) -> Totals:
+        """For /metrics: budget, spend and reservations summed, bidders by state, bidders pacing by a fitted curve.
+        The columns give the bidders unchanged since the last tick (numpy, no per-bidder Python); the ones changed
+        since are read directly, so the figures are current."""
+        n = len(self._slots)
+        self._grow(n)
+        c = self._cols[:n]
+        now = self.clock()
+        clean = c[:, OCCUPIED] == 1.0
+        changed = [b for s in self._dirty if s < n and (b := self._slots[s]) is not None]
+        clean[[s for s in self._dirty if s < n]] = False
+        counts = np.bincount(self._states(c, now)[clean], minlength=len(STATES)).tolist()
+        states = dict(zip(STATES, counts, strict=True))
+        for b in changed:
+            states[b.state(now)] += 1
+        ledgers = [b.ledger for b in changed]
+        return Totals(
+            budget=int(c[clean, BUDGET].sum()) + sum(x.budget for x in ledgers),
+            spent=int(c[clean, SPENT].sum()) + sum(x.spent for x in ledgers),
+            reserved=int(c[clean, RESERVED].sum()) + sum(x.reserved for x in ledgers),
+            states=states,
+            fitted=int((clean & (c[:, CURVE_ROW] > 0)).sum()) + sum(1 for b in changed if b.model is not None),
         )
 
     def _grow(self, n: int) -> None:

@@ -434,10 +434,9 @@ class Service:
             return
         until = self.engine.clock() + self.engine.delays.ttl
         snapshot = {}
-        for bidder_id, b in self.engine.bidders.items():
+        for b in self.engine.holding():  # not every bidder: a sync's cost follows the bidders with money out
             ledger = b.ledger
-            if ledger.reserved or ledger.holdback:
-                snapshot[bidder_id] = (ledger.reserved + ledger.holdback, max(until, ledger.holdback_until))
+            snapshot[b.bidder_id] = (ledger.reserved + ledger.holdback, max(until, ledger.holdback_until))
         await self.snapshots.save_reserved(snapshot)
 
     # --- operator operations ----------------------------------------------------------------------------------

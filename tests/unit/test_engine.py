@@ -10,7 +10,7 @@ from datetime import datetime
 from zoneinfo import ZoneInfo
 
 import msgspec
-from hypothesis import settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
@@ -254,3 +254,53 @@ def test_leased_engine_spends_only_its_lease_and_settles_across_instances() -> N
     bidder.ledger.limit = 0
     assert eng.decide("b", "a4", 10) == (0, "budget_unknown")
     assert bidder.state(clock()) == "store_lost"
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    ops=st.lists(
+        st.tuples(
+            st.sampled_from(["bid", "win", "loss", "tick", "pause", "remove", "add", "advance"]), st.integers(0, 7)
+        ),
+        max_size=60,
+    )
+)
+def test_totals_from_the_columns_are_what_every_bidder_says(ops: list[tuple[str, int]]) -> None:
+    """Issue 14: /metrics sums the tick's columns for bidders unchanged since the last tick and reads the others
+    directly; whatever happened since, that is what a walk over every bidder gives."""
+    eng, clock = engine()
+    periods = [Flight(T0 - 60, T0 + 3600), Flight(T0 + 30, T0 + 90), Flight(T0 - 60, T0 + 20)]
+    for i in range(8):
+        eng.configure(f"b{i}", BidderConfig(1_000 + 100 * i, periods[i % 3], "even" if i % 2 else "asap"))
+    for n, (op, i) in enumerate(ops, start=1):
+        bidder_id = f"b{i}"
+        if op == "bid":
+            eng.decide(bidder_id, f"a{n}", 300)
+        elif op == "win":
+            eng.win(bidder_id, f"a{n - 1}", 250)
+        elif op == "loss":
+            eng.loss(bidder_id, f"a{n - 1}")
+        elif op == "tick":
+            eng.tick()
+        elif op == "pause" and bidder_id in eng.bidders:
+            b = eng.bidders[bidder_id]
+            eng.configure(
+                bidder_id, BidderConfig(b.config.budget_micros, b.config.period, b.config.pacing, paused=True)
+            )
+        elif op == "remove":
+            eng.remove(bidder_id)
+        elif op == "add":
+            eng.configure(bidder_id, BidderConfig(2_000, periods[i % 3], "even"))
+        elif op == "advance":
+            clock.advance(7.0)
+        totals = eng.totals()
+        ledgers = [b.ledger for b in eng.bidders.values()]
+        assert (totals.budget, totals.spent, totals.reserved) == (
+            sum(x.budget for x in ledgers),
+            sum(x.spent for x in ledgers),
+            sum(x.reserved for x in ledgers),
+        )
+        states = {s: 0 for s in totals.states}
+        for b in eng.bidders.values():
+            states[b.state(clock.now)] += 1
+        assert totals.states == states
