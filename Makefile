@@ -24,7 +24,7 @@ test: $(STAMP) ## lint (ruff, ruff format, mypy strict) + the whole test suite (
 	$(BIN)/mypy pacer
 	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
 
-bench: $(STAMP) ## /v1/bid throughput and latency vs a bare ASGI app and a naive FastAPI+Redis peer, fleet-scale figures, /v1/events throughput on Redis vs embedded (~8 min quiet, at most ~14; 2 cores)
+bench: $(STAMP) ## /v1/bid throughput and latency vs a bare ASGI app and a naive FastAPI+Redis peer, fleet-scale figures, /v1/events throughput on Redis vs embedded, 100,000 bidders on one instance (~10 min quiet, at most ~16; 2 cores)
 	@missing=""; for tool in wrk redis-server; do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "bench: installing$$missing with apt-get"; sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \

@@ -30,7 +30,9 @@ budget. Then open-loop latency (`loadtest/openloop.py`, median of OPENLOOP_RUNS 
 rate, and of a and b0 at the same rate (whose stalls the p99 shows), and `loadtest/fleet_scale.py` (tick, memory,
 Redis sync and auction log costs, in process). Then bid latency under a connection attack (`loadtest/attack.py`,
 unless --no-attack) and POST /v1/events throughput on Redis next to embedded (`loadtest/bench_events.py`, events/s
-and p99 at batches of 1, 100 and 1,000; unless --no-events; its figures in <out>/events.json). Results: a table on
+and p99 at batches of 1, 100 and 1,000; unless --no-events; its figures in <out>/events.json), and 100,000 bidders
+on one instance (`loadtest/bulk_load.py`: bulk load, idle CPU, tick, /metrics, restart; unless --no-scale).
+Results: a table on
 stdout and in <out>/bench.md, everything (raw runs too) in <out>/bench.json.
 """
 
@@ -684,6 +686,7 @@ def main() -> int:
     parser.add_argument(
         "--no-events", action="store_true", help="skip bench_events.py (/v1/events throughput, Redis vs embedded)"
     )
+    parser.add_argument("--no-scale", action="store_true", help="skip bulk_load.py (100,000 bidders on one instance)")
     parser.add_argument(
         "--profile",
         action="store_true",
@@ -858,6 +861,18 @@ def main() -> int:
         if out.stdout.strip() and out.returncode:
             table += f"\n\n(bench_events.py exit status {out.returncode}: some answers were errors, see its notes)"
         events = "\n\n" + table + "\n"
+    scale = ""
+    if not args.no_scale:
+        wait_quiet()
+        print("100,000 bidders on one instance ...", flush=True)
+        out = subprocess.run(
+            [sys.executable, str(HERE / "bulk_load.py"), "--bidders", "100000"],
+            stdout=subprocess.PIPE,
+            text=True,
+            timeout=900,
+            cwd=REPO,
+        )
+        scale = "\n\n" + (out.stdout.strip() or f"bulk_load.py failed (exit {out.returncode})") + "\n"
     meta: dict[str, Any] = {
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "cpu": cpu_model(),
@@ -866,7 +881,7 @@ def main() -> int:
         "stopped": stopped,
         "wall_s": round(time.monotonic() - started),
     }
-    text = report(targets, runs, ratios, openloops, notes, fleet, meta) + attack + events
+    text = report(targets, runs, ratios, openloops, notes, fleet, meta) + attack + events + scale
     (args.out / "bench.md").write_text(text)
     (args.out / "bench.json").write_text(
         json.dumps(
