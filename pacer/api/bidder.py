@@ -14,10 +14,11 @@ import msgspec
 import msgspec.inspect
 
 from pacer.api.errors import ApiError, from_msgspec
-from pacer.auctionlog import LOSS, WIN, AuctionLogWriter
+from pacer.auctionlog import AuctionLogWriter
 from pacer.bidder_config import MAX_MICROS, UNKNOWN_BIDDER, Reason
 from pacer.engine import Engine
-from pacer.store import Store, StoreError, WinRecord
+from pacer.settlement import Outcome, settle
+from pacer.store import Store, StoreError
 
 Id = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
 Micros = Annotated[int, msgspec.Meta(ge=1, le=MAX_MICROS)]
@@ -133,34 +134,18 @@ def bids(engine: Engine, body: bytes, log: AuctionLogWriter | None = None) -> by
 
 
 async def events(engine: Engine, store: Store, body: bytes, log: AuctionLogWriter | None = None) -> bytes:
-    """Validate the whole batch, make its wins durable (dedupe in the store), then settle them in memory."""
+    """Validate the whole batch, then settle it (pacer/settlement.py): durable before the answer."""
     try:
         batch = _events.decode(body)
     except msgspec.DecodeError as exc:
         batch = _redecode(exc, body, EventsRequest)
-    now = engine.clock()
-    wins = [e for e in batch.events if isinstance(e, Win)]
-    records = [WinRecord(w.bidder_id, w.auction_id, w.price_micros, engine.period_key(w.bidder_id), now) for w in wins]
+    outcomes = [
+        Outcome(e.bidder_id, e.auction_id, e.price_micros if isinstance(e, Win) else None) for e in batch.events
+    ]
     try:
-        new = await store.record_wins(records) if records else []
+        duplicates = await settle(engine, store, outcomes, log)
     except StoreError as exc:
         raise ApiError(503, "store_unavailable", f"events not recorded, retry: {exc}") from None
-    duplicates = 0
-    for w, is_new in zip(wins, new, strict=True):
-        if is_new:
-            engine.win(w.bidder_id, w.auction_id, w.price_micros)
-        else:
-            engine.duplicate(w.bidder_id, w.auction_id)
-            duplicates += 1
-    for e in batch.events:
-        if isinstance(e, Loss):
-            engine.loss(e.bidder_id, e.auction_id)
-    if log is not None:  # every outcome, duplicates too: the rollup counts an auction once
-        for e in batch.events:
-            if isinstance(e, Win):
-                log.outcome(now, WIN, e.bidder_id, e.auction_id, e.price_micros)
-            else:
-                log.outcome(now, LOSS, e.bidder_id, e.auction_id)
     return _encode(EventsResponse(len(batch.events) - duplicates, duplicates))
 
 
