@@ -110,14 +110,24 @@ def _parse_zone(value: object, field: str) -> str:
     return value
 
 
+def parse_rfc3339(value: object) -> datetime | None:
+    """The one RFC 3339 parser (periods, log timestamps, --since, models, replay specs): a date and time with seconds
+    and an explicit offset (Z or +hh:mm); None for anything else, ISO 8601 forms RFC 3339 excludes included."""
+    if not isinstance(value, str) or not _RFC3339.fullmatch(value):
+        return None
+    try:
+        return datetime.fromisoformat(value.upper())
+    except ValueError:  # the shape is right but the date is not (2026-02-30)
+        return None
+
+
 def _parse_instant(value: object, field: str) -> float:
     """RFC 3339 with an explicit offset -> epoch s, rounded to the ms so period_to_json round-trips."""
     if not isinstance(value, str) or not _RFC3339.fullmatch(value):
         raise PeriodError(field, "must be an RFC 3339 time with offset, e.g. '2026-11-24T00:00:00Z'")
-    try:
-        dt = datetime.fromisoformat(value.upper())
-    except ValueError:
-        raise PeriodError(field, f"invalid date or time {value!r}") from None
+    dt = parse_rfc3339(value)
+    if dt is None:
+        raise PeriodError(field, f"invalid date or time {value!r}")
     if not _MIN_YEAR <= dt.year <= _MAX_YEAR:
         raise PeriodError(field, f"year out of range ({_MIN_YEAR}..{_MAX_YEAR})")
     micros = (dt - _EPOCH) // timedelta(microseconds=1)  # exact integer arithmetic, no float drift

@@ -21,7 +21,6 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
@@ -30,7 +29,7 @@ from pacer.bidder_config import BidderConfig, config_from_json, config_to_json
 from pacer.engine import Engine
 from pacer.logs import current_loop
 from pacer.metrics import LOOP_BUCKETS, Histogram, HttpMetrics
-from pacer.periods import window_at
+from pacer.periods import parse_rfc3339, window_at
 from pacer.refit.job import publish
 from pacer.store import BidderRecord, Store, StoreError, VersionConflict
 from pacer.store.base import Snapshots, instance_id
@@ -343,8 +342,8 @@ class Service:
 
     def last_refit_at(self) -> float:
         """When the fleet last published a refit (epoch s; 0: never), from the fit statuses it published."""
-        times = [datetime.fromisoformat(str(f["at"])).timestamp() for f in self.engine.fits.values() if "at" in f]
-        return max(times, default=0.0)
+        stamps = (parse_rfc3339(f.get("at")) for f in self.engine.fits.values())
+        return max((t.timestamp() for t in stamps if t is not None), default=0.0)
 
     async def _refit_loop(self) -> None:
         """A refit is due when the fleet's last one is older than the period: so a restart (or a fleet of them)

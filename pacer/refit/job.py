@@ -6,12 +6,11 @@ from __future__ import annotations
 import json
 import re
 import time
-from datetime import datetime
 from pathlib import Path
 from urllib.parse import quote
 
 from pacer.curves import TrafficCurve
-from pacer.periods import rfc3339
+from pacer.periods import parse_rfc3339, rfc3339
 from pacer.refit.model import FitOutcome, fit_bidders
 from pacer.refit.rollup import rollup
 from pacer.store import Store
@@ -25,11 +24,8 @@ def parse_since(text: str, now: float) -> float:
     match = _SPAN.fullmatch(text.strip())
     if match:
         return now - float(match.group(1)) * _UNIT_S[match.group(2)]
-    try:
-        parsed = datetime.fromisoformat(text)
-    except ValueError:
-        parsed = None
-    if parsed is None or parsed.tzinfo is None:
+    parsed = parse_rfc3339(text.strip())
+    if parsed is None:
         raise ValueError(f"--since: {text!r} is neither a span like 7d, 36h, 90m nor RFC 3339 with an offset")
     return parsed.timestamp()
 

@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from pacer.curves import SLOTS, TrafficCurve
-from pacer.periods import rfc3339
+from pacer.periods import parse_rfc3339, rfc3339
 from pacer.refit.landscape import FIRST, MAX_POINTS, SECOND, Landscape, fit_landscape
 from pacer.refit.rolled import BINS_PER_E, Columns, Rollup
 from pacer.refit.traffic import BANDWIDTHS, HALF_LIFE_DAYS, TrafficFit, fit_traffic, group_by_bidder
@@ -214,10 +213,8 @@ def validate(doc: object) -> None:
         if not isinstance(doc.get(key), str) or not doc[key]:
             raise ModelError(f"{key}: must be a non-empty string")
     for key in ("fitted_at", "since", "until"):
-        try:
-            datetime.fromisoformat(doc[key])
-        except ValueError:
-            raise ModelError(f"{key}: not an RFC 3339 time: {doc[key]!r}") from None
+        if parse_rfc3339(doc[key]) is None:
+            raise ModelError(f"{key}: not an RFC 3339 time: {doc[key]!r}")
     if not isinstance(doc.get("rows"), int) or isinstance(doc["rows"], bool) or doc["rows"] < 0:
         raise ModelError("rows: must be a non-negative integer")
     data = _section(doc, "data") or {}

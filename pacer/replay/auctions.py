@@ -8,7 +8,6 @@ timestamp), `bidder_id`, `auction_id`, `bid_micros` (what the bidder would bid u
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
+
+from pacer.periods import parse_rfc3339
 
 COLUMNS = ("ts", "bidder_id", "auction_id", "bid_micros", "market_micros")
 MAX_MICROS = 10**12
@@ -153,11 +154,8 @@ def _seconds(path: Path, col: pa.ChunkedArray) -> npt.NDArray[np.float64]:
         uniq, inverse = np.unique(values, return_inverse=True)
         out = np.empty(len(uniq))
         for i, text in enumerate(uniq):
-            try:
-                parsed = datetime.fromisoformat(text)
-            except ValueError:
-                parsed = None
-            if parsed is None or parsed.tzinfo is None:
+            parsed = parse_rfc3339(text)
+            if parsed is None:
                 row = int(np.flatnonzero(inverse == i)[0]) + 1
                 raise LogError(
                     f"{path}: column ts: {text!r} at row {row} is not RFC 3339 with an offset "

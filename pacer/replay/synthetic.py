@@ -13,7 +13,6 @@ import csv
 import json
 import math
 from dataclasses import asdict, dataclass, fields
-from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +20,7 @@ import numpy.typing as npt
 
 from pacer.bidder_config import PACING_MODES
 from pacer.curves import SLOTS, TrafficCurve
-from pacer.periods import PeriodError, parse_period, rfc3339, utc_offset
+from pacer.periods import PeriodError, parse_period, parse_rfc3339, rfc3339, utc_offset
 from pacer.replay.auctions import AuctionLog
 
 F64 = npt.NDArray[np.float64]
@@ -130,11 +129,8 @@ class SyntheticSpec:
         for name, ok, want in checks:
             if not ok:
                 raise SpecError(f"spec.{name}: {getattr(self, name)!r} is not {want}")
-        try:
-            start = datetime.fromisoformat(self.start)
-        except ValueError:
-            start = None
-        if start is None or start.tzinfo is None:
+        start = parse_rfc3339(self.start)
+        if start is None:
             raise SpecError(f"spec.start: {self.start!r} is not RFC 3339 with an offset, e.g. 2027-01-11T00:00:00Z")
         try:
             parse_period({"type": "daily", "timezone": self.timezone})
@@ -148,7 +144,9 @@ class SyntheticSpec:
 
 
 def _start_epoch(spec: SyntheticSpec) -> float:
-    return datetime.fromisoformat(spec.start).timestamp()
+    start = parse_rfc3339(spec.start)
+    assert start is not None  # SyntheticSpec.check refused anything else
+    return start.timestamp()
 
 
 def region_shapes(csv_path: Path) -> dict[str, F64]:

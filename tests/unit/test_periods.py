@@ -14,11 +14,13 @@ from pacer.periods import (
     PeriodError,
     Window,
     parse_period,
+    parse_rfc3339,
     period_to_json,
     rfc3339,
     utc_offset,
     window_at,
 )
+from pacer.refit.job import parse_since
 
 TILING_ZONES = [
     "UTC",
@@ -279,3 +281,23 @@ def test_utc_offset() -> None:
     assert utc_offset("Australia/Lord_Howe", ts("2026-01-15T12:00:00Z")) == 11 * 3600
     assert utc_offset("Australia/Lord_Howe", ts("2026-07-15T12:00:00Z")) == 10.5 * 3600
     assert utc_offset("UTC", 0) == 0
+
+
+def test_one_rfc3339_parser_for_every_timestamp() -> None:
+    """Issue 14: periods, log timestamps, --since, models and replay specs all take what this takes."""
+    for good in ("2026-11-24T08:00:00Z", "2026-11-24t08:00:00.5+01:00", "2026-11-24T08:00:00-05:30"):
+        assert parse_rfc3339(good) is not None, good
+    for bad in (
+        "2026-11-24",
+        "2026-11-24T08:00Z",
+        "2026-11-24T08:00:00",
+        "20261124T080000Z",
+        "2026-W48-2T08:00:00Z",
+        "2026-02-30T00:00:00Z",
+        5,
+        None,
+    ):
+        assert parse_rfc3339(bad) is None, bad
+    assert parse_since("2026-11-24T08:00:00Z", 0.0) == parse_rfc3339("2026-11-24T08:00:00Z").timestamp()  # type: ignore[union-attr]
+    with pytest.raises(ValueError, match="--since"):
+        parse_since("2026-11-24T08:00:00", 0.0)  # no offset: refused, as a period's instants are
