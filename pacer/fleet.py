@@ -317,7 +317,7 @@ class Fleet:
 
     async def _discover(self) -> None:
         """Bidders created on other instances: configure them (no lease until the next sync)."""
-        records = await self.store.load_bidders()
-        new = [r for r in records if r.bidder_id not in self.engine.bidders]
-        if new:
+        ids = [b for b in await self.store.bidder_ids() if b not in self.engine.bidders]
+        new = [r for r in await self.store.load_configs(ids) if r is not None] if ids else []
+        if new:  # configs are read for the new ones only: every operator write anywhere moves the registry
             await load_bidders(self.engine, self.store, new, self.versions)

@@ -252,9 +252,11 @@ class RedisStore:
     # --- config -----------------------------------------------------------------------------------------------
 
     async def load_bidders(self) -> list[BidderRecord]:
-        registry = await self._call(self._client().hgetall(self._registry))
-        ids = sorted(k.decode() for k in registry)
-        return [r for r in await self.load_configs(ids) if r is not None]
+        return [r for r in await self.load_configs(await self.bidder_ids()) if r is not None]
+
+    async def bidder_ids(self) -> list[str]:
+        """Every configured bidder's id, from the registry (ids only: discovery reads the configs of new ones)."""
+        return sorted(k.decode() for k in await self._call(self._client().hkeys(self._registry)))
 
     async def load_configs(self, bidder_ids: list[str]) -> list[BidderRecord | None]:
         """Each bidder's configuration (None where deleted or missing), one pipelined round trip."""
