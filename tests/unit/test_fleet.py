@@ -26,21 +26,29 @@ BUDGET = 10_000_000
 BID = 1_000
 
 
+async def _one_bidder_fleet(redis_server: RedisServer, folder: Path) -> tuple[Engine, Fleet, RedisStore]:
+    clock = ManualClock(time.time())
+    store = RedisStore.from_url(redis_server.url, folder)
+    await store.open()
+    config = BidderConfig(budget_micros=BUDGET, period=Flight(clock.now - 60, clock.now + 3600), pacing="asap")
+    if not await store.load_bidders():
+        await store.put_bidder(BidderRecord("b1", config_to_json(config), 1, clock.now))
+    engine = Engine(clock, EngineParams(tick_s=0.1), TrafficCurve.flat(), leased=True)
+    versions: dict[str, int] = {}
+    await load_bidders(engine, store, await store.load_bidders(), versions)
+    fleet = Fleet(engine, store, versions, sync_s=0.25, lease_ttl_s=5.0)
+    engine.tick()
+    await fleet.sync()
+    return engine, fleet, store
+
+
 async def test_grants_while_a_sync_is_in_flight_stay_within_the_floor_asked_for(
     redis_server: RedisServer, tmp_path: Path
 ) -> None:
-    clock = ManualClock(time.time())
-    store = RedisStore.from_url(redis_server.url, tmp_path / "journal")
-    await store.open()
+    engine, fleet, store = await _one_bidder_fleet(redis_server, tmp_path / "journal")
+    clock = engine.clock
+    assert isinstance(clock, ManualClock)
     try:
-        config = BidderConfig(budget_micros=BUDGET, period=Flight(clock.now - 60, clock.now + 3600), pacing="asap")
-        await store.put_bidder(BidderRecord("b1", config_to_json(config), 1, clock.now))
-        engine = Engine(clock, EngineParams(tick_s=0.1), TrafficCurve.flat(), leased=True)
-        versions: dict[str, int] = {}
-        await load_bidders(engine, store, await store.load_bidders(), versions)
-        fleet = Fleet(engine, store, versions, sync_s=0.25, lease_ttl_s=5.0)
-        engine.tick()
-        await fleet.sync()
         ledger = engine.bidders["b1"].ledger
         n = 0
         while engine.decide("b1", f"a{n}", BID)[0]:  # spend the first lease
@@ -121,22 +129,6 @@ async def test_operator_writes_on_two_instances_never_undo_each_other(
     finally:
         for service in services:
             await service.store.close()
-
-
-async def _one_bidder_fleet(redis_server: RedisServer, folder: Path) -> tuple[Engine, Fleet, RedisStore]:
-    clock = ManualClock(time.time())
-    store = RedisStore.from_url(redis_server.url, folder)
-    await store.open()
-    config = BidderConfig(budget_micros=BUDGET, period=Flight(clock.now - 60, clock.now + 3600), pacing="asap")
-    if not await store.load_bidders():
-        await store.put_bidder(BidderRecord("b1", config_to_json(config), 1, clock.now))
-    engine = Engine(clock, EngineParams(tick_s=0.1), TrafficCurve.flat(), leased=True)
-    versions: dict[str, int] = {}
-    await load_bidders(engine, store, await store.load_bidders(), versions)
-    fleet = Fleet(engine, store, versions, sync_s=0.25, lease_ttl_s=5.0)
-    engine.tick()
-    await fleet.sync()
-    return engine, fleet, store
 
 
 async def _charge(engine: Engine, store: RedisStore, auction_id: str, price: int) -> None:
