@@ -162,8 +162,8 @@ class Bidder:
         window: Window,
         slot: int,
         spent: int,
-        leased: bool = False,
-        signals: tuple[list[float], list[float]] = ([], []),
+        leased: bool,
+        signals: tuple[list[float], list[float]],
     ) -> None:
         self._throttles, self._multipliers = signals  # the engine's lists, by slot (shared, updated in place)
         self.bidder_id = bidder_id

@@ -131,6 +131,24 @@ async def test_operator_writes_on_two_instances_never_undo_each_other(
             await service.store.close()
 
 
+def _hold_after(store: RedisStore, script: str) -> tuple[asyncio.Event, asyncio.Event]:
+    """From now on, each round trip of `script` runs at Redis, then sets the first event and waits for the second
+    before its reply reaches the store: the two replies can be made to land in either order. `del
+    store._run_script` ends it."""
+    run = store._run_script
+    reached, release = asyncio.Event(), asyncio.Event()
+
+    async def held(name: str, *args: object) -> list[object]:
+        result = await run(name, *args)  # type: ignore[arg-type]
+        if name == script:
+            reached.set()
+            await release.wait()
+        return result
+
+    store._run_script = held  # type: ignore[method-assign,assignment]
+    return reached, release
+
+
 async def _charge(engine: Engine, store: RedisStore, auction_id: str, price: int) -> None:
     """What POST /v1/events does with one win: count it in the store, then charge it if it was new."""
     period = engine.period_key("b1")
@@ -154,41 +172,23 @@ async def test_a_win_counted_while_a_sync_is_in_flight_is_in_the_spend_once_in_e
 
         # Order 1: Redis counts the win, the sync reads the spend with it, its reply is applied, and only then does
         # the event's answer come back and get charged.
-        gate = asyncio.Event()
-        run = store._run_script
-
-        async def record_then_wait(name: str, *args: object) -> list[object]:
-            result = await run(name, *args)  # type: ignore[arg-type]
-            if name == "record":
-                await gate.wait()
-            return result
-
-        store._run_script = record_then_wait  # type: ignore[method-assign,assignment]
+        counted, release = _hold_after(store, "record")
         event = asyncio.create_task(_charge(engine, store, "w1", 1_000))
-        while not (await store.load_spend([("b1", engine.period_key("b1"))]))[("b1", engine.period_key("b1"))] > 7:
-            await asyncio.sleep(0.005)  # until Redis has counted it
+        await asyncio.wait_for(counted.wait(), 10.0)  # Redis has run the record script: the win is in its spend
         await fleet.sync()
-        gate.set()
+        release.set()
         await event
+        del store._run_script
         assert ledger.spent == 1_007, "the sync read the win, and the event charged it: once"
 
         # Order 2: the sync's script runs first; the event is counted and charged before the sync's reply lands.
-        sync_gate = asyncio.Event()
-
-        async def sync_then_wait(name: str, *args: object) -> list[object]:
-            result = await run(name, *args)  # type: ignore[arg-type]
-            if name == "sync":
-                await sync_gate.wait()
-            return result
-
-        store._run_script = sync_then_wait  # type: ignore[method-assign,assignment]
+        read, release = _hold_after(store, "sync")
         syncing = asyncio.create_task(fleet.sync())
-        await asyncio.sleep(0.05)
-        assert not syncing.done()
-        store._run_script = run  # type: ignore[method-assign]
+        await asyncio.wait_for(read.wait(), 10.0)
+        del store._run_script  # the event's round trip is not held
         await _charge(engine, store, "w2", 500)
         assert ledger.spent == 1_507
-        sync_gate.set()
+        release.set()
         await syncing
         assert ledger.spent == 1_507, "a fleet spend read before the win must not drop it"
         await fleet.sync()
